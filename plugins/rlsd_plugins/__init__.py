@@ -1,0 +1,1 @@
+"""rlsd's built-in plugins that are not verifiers: magnitude schedulers and privileged-context injectors."""
