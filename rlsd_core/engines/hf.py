@@ -1,0 +1,181 @@
+"""The transformers rollout engine: the default on CPU and in CI.
+
+It samples with its own short decoding loop over the model's KV cache instead of
+`model.generate`, for three reasons that matter to RL: the reported log-probs are exactly
+log_softmax(logits / T) over the full vocabulary (what `rlsd_core.logprobs.token_logprobs`
+computes for the trainer), sampling uses a private torch.Generator (a seed never touches the
+global RNG the trainer relies on), and the left-padding / position-id convention is the one
+`token_logprobs` uses, so engine and trainer agree to float rounding.
+
+Colocated use: pass the training model itself; the engine then samples from the live weights and
+`load_weights(model.state_dict())` only checks that the tensors are the ones it already holds.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from rlsd_core.engines.base import Generation, SamplingParams, WeightSyncError, check_prompts
+
+
+def _eos_ids(model, tokenizer, eos_token_ids) -> tuple[int, ...]:
+    if eos_token_ids is not None:
+        ids = [eos_token_ids] if isinstance(eos_token_ids, int) else list(eos_token_ids)
+    else:
+        ids = []
+        for source in (getattr(tokenizer, "eos_token_id", None),
+                       getattr(getattr(model, "generation_config", None), "eos_token_id", None)):
+            if source is None:
+                continue
+            ids.extend([source] if isinstance(source, int) else source)
+    if not ids:
+        raise ValueError("HFEngine: no eos token id: the tokenizer and the model's generation "
+                         "config name none; pass eos_token_ids=[...]")
+    return tuple(dict.fromkeys(int(i) for i in ids))
+
+
+def sample_next(logits: torch.Tensor, params: SamplingParams,
+                generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pick the next token of each row from float32 logits [B, V]; return (ids [B], logprobs [B]).
+
+    Log-probs are log_softmax(logits / T) at the chosen ids, before top-p truncation (T = 1 when
+    greedy), as SamplingParams documents.
+    """
+    logp = F.log_softmax(logits / params.logprob_temperature, dim=-1)
+    if params.greedy:
+        ids = logits.argmax(-1)
+    else:
+        probs = logp.exp()
+        if params.top_p < 1.0:
+            sorted_p, order = probs.sort(-1, descending=True)
+            # Keep a token while the mass BEFORE it is below top_p: the top token always stays.
+            drop = (sorted_p.cumsum(-1) - sorted_p) >= params.top_p
+            sorted_p = sorted_p.masked_fill(drop, 0.0)
+            probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+        ids = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    return ids, logp.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+
+
+class HFEngine:
+    """Batched sampling from a transformers causal LM.
+
+    batch_size: how many sequences (prompts x samples) are decoded together; larger is faster
+    until memory runs out. Prompts are left-padded within a batch; each sequence stops at its own
+    eos / stop token.
+    """
+
+    def __init__(self, model, tokenizer, *, eos_token_ids=None, batch_size: int = 256,
+                 pad_token_id: int | None = None):
+        if batch_size < 1:
+            raise ValueError(f"HFEngine: batch_size must be >= 1, got {batch_size}")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.eos_token_ids = _eos_ids(model, tokenizer, eos_token_ids)
+        if pad_token_id is None:
+            pad_token_id = getattr(tokenizer, "pad_token_id", None)
+        # Padded slots are hidden by the attention mask, so any valid id will do.
+        self.pad_token_id = self.eos_token_ids[0] if pad_token_id is None else int(pad_token_id)
+        self._closed = False
+
+    # -- sampling ---------------------------------------------------------------------------
+    def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[list[Generation]]:
+        self._check_open()
+        check_prompts(prompts)
+        rows = [list(p) for p in prompts for _ in range(params.n)]
+        generator = None
+        if params.seed is not None:
+            generator = torch.Generator(device=self._device())
+            generator.manual_seed(params.seed)
+        stop = frozenset(self.eos_token_ids) | frozenset(params.stop_token_ids)
+        flat: list[Generation] = []
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                for start in range(0, len(rows), self.batch_size):
+                    flat.extend(self._decode(rows[start:start + self.batch_size], params, stop,
+                                             generator))
+        finally:
+            self.model.train(was_training)
+        return [flat[i * params.n:(i + 1) * params.n] for i in range(len(prompts))]
+
+    def _device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def _decode(self, rows, params, stop, generator) -> list[Generation]:
+        device = self._device()
+        b, p_max = len(rows), max(len(r) for r in rows)
+        ids = torch.full((b, p_max), self.pad_token_id, dtype=torch.long)
+        attn = torch.zeros((b, p_max), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, p_max - len(r):] = torch.as_tensor(r, dtype=torch.long)
+            attn[i, p_max - len(r):] = 1
+        ids, attn = ids.to(device), attn.to(device)
+        positions = (attn.cumsum(-1) - 1).clamp(min=0)
+        stop_t = torch.tensor(sorted(stop), device=device)
+
+        out_ids = torch.empty((b, 0), dtype=torch.long, device=device)
+        out_lp = torch.empty((b, 0), dtype=torch.float32, device=device)
+        done = torch.zeros(b, dtype=torch.bool, device=device)
+        stopped = torch.zeros(b, dtype=torch.bool, device=device)
+        lengths = torch.zeros(b, dtype=torch.long, device=device)
+        past = None
+        step_ids = ids
+        for _ in range(params.max_new_tokens):
+            out = self.model(input_ids=step_ids, attention_mask=attn, position_ids=positions,
+                             past_key_values=past, use_cache=True, logits_to_keep=1)
+            past = out.past_key_values
+            nxt, lp = sample_next(out.logits[:, -1, :].float(), params, generator)
+            nxt = nxt.masked_fill(done, self.pad_token_id)
+            out_ids = torch.cat([out_ids, nxt[:, None]], 1)
+            out_lp = torch.cat([out_lp, lp[:, None]], 1)
+            lengths += (~done).long()
+            hit = ~done & torch.isin(nxt, stop_t)
+            stopped |= hit
+            done |= hit
+            if bool(done.all()):
+                break
+            # A finished row keeps decoding a masked pad (cheaper than reshaping the cache).
+            attn = torch.cat([attn, (~done).long()[:, None]], 1)
+            positions = positions[:, -1:] + 1
+            step_ids = nxt[:, None]
+
+        ids_list, lp_list = out_ids.tolist(), out_lp.tolist()
+        return [Generation(token_ids=ids_list[i][:n], logprobs=lp_list[i][:n],
+                           finish_reason="stop" if bool(stopped[i]) else "length")
+                for i, n in enumerate(lengths.tolist())]
+
+    # -- weights ----------------------------------------------------------------------------
+    def load_weights(self, state_dict) -> None:
+        """Copy a full policy state dict into the engine's model (strict: every tensor, no
+        extras, same shapes). A no-op after checking, when the tensors are the model's own."""
+        self._check_open()
+        own = self.model.state_dict()
+        incoming = dict(state_dict)
+        missing = sorted(set(own) - set(incoming))
+        extra = sorted(set(incoming) - set(own))
+        if missing or extra:
+            raise WeightSyncError(
+                f"HFEngine.load_weights: state dict does not match the model: missing "
+                f"{missing[:8]}{' ...' if len(missing) > 8 else ''} ({len(missing)}), unexpected "
+                f"{extra[:8]}{' ...' if len(extra) > 8 else ''} ({len(extra)}); pass the full "
+                "policy state dict (model.state_dict(), tied weights included)")
+        bad = [k for k, v in incoming.items() if tuple(v.shape) != tuple(own[k].shape)]
+        if bad:
+            raise WeightSyncError(f"HFEngine.load_weights: shape mismatch for {bad[:8]}: "
+                                  f"{[(tuple(incoming[k].shape), tuple(own[k].shape)) for k in bad[:8]]}")
+        if all(v.data_ptr() == own[k].data_ptr() for k, v in incoming.items()):
+            return  # colocated: the engine already samples from these very tensors
+        with torch.no_grad():
+            for k, v in incoming.items():
+                own[k].copy_(v)
+
+    def close(self) -> None:
+        self._closed = True
+        self.model = None
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("HFEngine is closed; build a new engine")

@@ -1,0 +1,154 @@
+"""Teacher scoring: log-probs of the student's sampled tokens under the teacher prompt.
+
+In the data flow: the rollout engine samples responses to the STUDENT prompt; the injector builds
+the TEACHER prompt (question + privileged context); `Teacher.score(teacher_prompt_ids,
+response_ids, temperature=<rollout temperature>)` gives log P_T of the same sampled tokens, which
+the RLSD weights compare with the student's log P_S. Scoring runs under no_grad, in
+micro-batches, through `rlsd_core.logprobs.token_logprobs`, the same forward the trainer uses.
+
+Which weights score (algorithm.md, point 8):
+- "snapshot" (default): a frozen copy of the policy taken at construction (the initial policy),
+  overwritten with the current policy every `sync_every` optimizer steps.
+- "live": the policy itself (no copy, no memory cost; the teacher moves every step).
+- "ema": a copy updated after every step: ema <- decay * ema + (1 - decay) * policy.
+
+Where the copy lives and what it costs: "snapshot" and "ema" hold one deep copy of the policy
+module (parameters and buffers) on the policy's device and in its dtype, with requires_grad off,
+no gradients and no optimizer state: one extra copy of the weights, i.e. parameter count x bytes
+per element (3.2 M x 4 B = 13 MB for the tiny fp32 model; 135 M x 4 B = 540 MB for SmolLM2-135M
+in fp32, 270 MB in bf16). "live" costs nothing. `memory_bytes()` reports the figure.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from rlsd_core.logprobs import TokenScores, token_logprobs
+
+MODES = ("snapshot", "live", "ema")
+
+
+class Teacher:
+    """The teacher weights of RLSD and their refresh policy.
+
+    Call `update(step)` once after each optimizer step (steps counted from 1); it returns True
+    when the teacher weights changed in a way worth logging as a sync: a snapshot refresh (every
+    `sync_every` steps) or an EMA update (every step). `maybe_sync` is the same call.
+    """
+
+    def __init__(self, policy, *, mode: str = "snapshot", sync_every: int = 10,
+                 ema_decay: float = 0.99):
+        if mode not in MODES:
+            raise ValueError(f"Teacher: unknown mode {mode!r}; choose one of {MODES}")
+        if mode == "snapshot" and (not isinstance(sync_every, int) or sync_every < 1):
+            raise ValueError(f"Teacher: sync_every must be an int >= 1, got {sync_every!r}")
+        if mode == "ema" and not 0.0 <= ema_decay < 1.0:
+            raise ValueError(f"Teacher: ema_decay must be in [0, 1), got {ema_decay!r}")
+        self.policy = policy
+        self.mode = mode
+        self.sync_every = sync_every
+        self.ema_decay = ema_decay
+        self.last_sync_step = 0
+        self.model = policy if mode == "live" else self._copy(policy)
+
+    @staticmethod
+    def _copy(policy):
+        # Deep copy keeps tied weights tied (deepcopy's memo) and the device/dtype; gradients
+        # and the autograd flag are dropped so the copy is inert.
+        grads = {name: p.grad for name, p in policy.named_parameters()}
+        try:
+            for p in policy.parameters():
+                p.grad = None
+            clone = copy.deepcopy(policy)
+        finally:
+            for name, p in policy.named_parameters():
+                p.grad = grads[name]
+        clone.requires_grad_(False)
+        clone.eval()
+        return clone
+
+    # -- refresh ----------------------------------------------------------------------------
+    def update(self, step: int) -> bool:
+        """Refresh the teacher after optimizer step `step` (1-based); True if it changed."""
+        if step < 1:
+            raise ValueError(f"Teacher.update: steps are counted from 1, got {step}")
+        if self.mode == "live":
+            return False
+        if self.mode == "snapshot":
+            if step % self.sync_every != 0:
+                return False
+            self._copy_from_policy()
+        else:
+            self._ema_from_policy()
+        self.last_sync_step = step
+        return True
+
+    maybe_sync = update
+
+    @torch.no_grad()
+    def _copy_from_policy(self) -> None:
+        src = self.policy.state_dict()
+        for name, t in self.model.state_dict().items():
+            t.copy_(src[name])
+
+    @torch.no_grad()
+    def _ema_from_policy(self) -> None:
+        src = self.policy.state_dict()
+        seen = set()
+        for name, t in self.model.state_dict().items():
+            if t.data_ptr() in seen:  # a tied tensor appears under two names; update it once
+                continue
+            seen.add(t.data_ptr())
+            if t.is_floating_point():
+                t.lerp_(src[name].to(t.dtype), 1.0 - self.ema_decay)
+            else:  # integer buffers (counters, ids) cannot be averaged
+                t.copy_(src[name])
+
+    # -- scoring ----------------------------------------------------------------------------
+    def score(self, prompt_ids: list[list[int]], response_ids: list[list[int]], *,
+              temperature: float, micro_batch: int = 16, pad_id: int | None = None,
+              return_logits: bool = False, return_entropy: bool = False) -> TokenScores:
+        """Teacher log-probs of `response_ids[i]` after `prompt_ids[i]` (the teacher prompt), at
+        the rollout temperature, without gradient. Shapes as in TokenScores."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                return token_logprobs(self.model, prompt_ids, response_ids,
+                                      temperature=temperature, micro_batch=micro_batch,
+                                      pad_id=pad_id, return_logits=return_logits,
+                                      return_entropy=return_entropy)
+        finally:
+            self.model.train(was_training)
+
+    def memory_bytes(self) -> int:
+        """Bytes held by the teacher's own copy of the weights (0 in "live" mode)."""
+        if self.mode == "live":
+            return 0
+        seen, total = set(), 0
+        for t in self.model.state_dict().values():
+            if t.data_ptr() not in seen:
+                seen.add(t.data_ptr())
+                total += t.numel() * t.element_size()
+        return total
+
+    # -- resume -----------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Everything needed to resume: mode, schedule and (snapshot/ema) the teacher weights."""
+        return {"mode": self.mode, "sync_every": self.sync_every, "ema_decay": self.ema_decay,
+                "last_sync_step": self.last_sync_step,
+                "weights": None if self.mode == "live" else
+                {k: v.detach().clone() for k, v in self.model.state_dict().items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("mode") != self.mode:
+            raise ValueError(f"Teacher.load_state_dict: checkpoint teacher mode is "
+                             f"{state.get('mode')!r} but this teacher is {self.mode!r}; build the "
+                             "Teacher with the checkpoint's mode")
+        self.sync_every = state["sync_every"]
+        self.ema_decay = state["ema_decay"]
+        self.last_sync_step = state["last_sync_step"]
+        if self.mode != "live":
+            self.model.load_state_dict(state["weights"], strict=True)
