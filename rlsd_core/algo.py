@@ -152,6 +152,19 @@ def group_advantages(rewards: Tensor, group_size: int, *, normalize_std: bool = 
     return adv.reshape(-1)
 
 
+def zero_variance_fraction(rewards: Tensor, group_size: int) -> float:
+    """Fraction of groups whose rewards are all equal (they carry no gradient); rewards [B] as in
+    `group_advantages`. A logged metric: near 1 means the tasks are too easy or too hard."""
+    if not isinstance(rewards, Tensor) or rewards.dim() != 1:
+        raise ValueError("rewards must be a 1-D tensor [B]")
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
+        raise ValueError(f"group_size must be a positive int, got {group_size!r}")
+    if rewards.numel() % group_size or rewards.numel() == 0:
+        raise ValueError(f"rewards has {rewards.numel()} entries, not a positive multiple of group_size={group_size}")
+    grouped = rewards.view(-1, group_size)
+    return float((grouped == grouped[:, :1]).all(dim=1).float().mean())
+
+
 # ---------------------------------------------------------------------------------------------
 # steps 3-6: RLSD token advantages
 # ---------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from rlsd_core import algo
-from rlsd_core.algo import (entropy_from_logits, group_advantages, grpo_plus_opsd, opsd_loss,
+from rlsd_core.algo import (entropy_from_logits, group_advantages, zero_variance_fraction, grpo_plus_opsd, opsd_loss,
                             opsd_sampled_token_advantages, policy_loss, rlsd_diagnostics,
                             rlsd_token_advantages, token_divergence)
 
@@ -51,6 +51,13 @@ def test_group_advantages_no_std_and_float_rounding():
 
 def test_group_advantages_group_of_one_is_zero():
     assert torch.equal(group_advantages(torch.tensor([1.0, 0.0]), 1), torch.zeros(2))
+
+
+def test_zero_variance_fraction():
+    # groups (1, 0), (1, 1), (0, 0), (0.5, 1): two of four are constant
+    assert zero_variance_fraction(torch.tensor([1.0, 0, 1, 1, 0, 0, 0.5, 1]), 2) == 0.5
+    with pytest.raises(ValueError, match="multiple"):
+        zero_variance_fraction(torch.ones(3), 2)
 
 
 @pytest.mark.parametrize("rewards,g,match", [
