@@ -39,6 +39,8 @@ network and leave daemons behind. tests/test_code_verifier.py lists the battery 
 
 from __future__ import annotations
 
+import atexit
+import base64
 import errno
 import json
 import logging
@@ -141,6 +143,7 @@ class SandboxResult:
 @dataclass(frozen=True)
 class _Interp:
     path: str                      # real path of the executable
+    judge: str                     # harness.py compiled by this interpreter, marshalled, base64
     binds: tuple[str, ...]         # files and dirs bound read-only at the same path
     symlinks: tuple[tuple[str, str], ...]   # (target, link) for /lib -> usr/lib etc.
 
@@ -204,11 +207,18 @@ def _interp_info(python: str) -> _Interp:
             continue
         if target.startswith("/") and os.path.exists(target):
             libs.add(_canonical(target))
+    compile_judge = ("import marshal, sys; sys.stdout.buffer.write(marshal.dumps(compile("
+                     "sys.stdin.buffer.read(), '<rlsd-judge>', 'exec')))")
+    try:
+        judge = subprocess.run([real, "-I", "-S", "-c", compile_judge], input=HARNESS_SOURCE.encode(),
+                               capture_output=True, timeout=60, env={}, check=True).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise SandboxUnavailable(f"code verifier: interpreter {real} cannot compile the judge: {exc}") from None
     symlinks = []
     for top in ("/lib", "/lib32", "/lib64", "/libx32", "/bin", "/sbin"):
         if os.path.islink(top):
             symlinks.append((os.readlink(top), top))
-    info = _Interp(real, tuple(sorted({real, *dirs, *libs})), tuple(symlinks))
+    info = _Interp(real, base64.b64encode(judge).decode("ascii"), tuple(sorted({real, *dirs, *libs})), tuple(symlinks))
     with _LOCK:
         _INTERP_CACHE[python] = info
     return info
@@ -231,8 +241,12 @@ def _bwrap_argv(bwrap: str, interp: _Interp, limits: Limits) -> list[str]:
     return argv
 
 
+# Compiling the 30 kB judge costs ~15 ms per sample; the marshalled code object loads in ~1 ms.
+_BOOTSTRAP = "import marshal, binascii, sys; exec(marshal.loads(binascii.a2b_base64(sys.argv[1])))"
+
+
 def _python_argv(interp: _Interp, cfg: dict) -> list[str]:
-    return [interp.path, "-I", "-S", "-B", "-X", "utf8", "-c", HARNESS_SOURCE, json.dumps(cfg)]
+    return [interp.path, "-I", "-S", "-B", "-X", "utf8", "-c", _BOOTSTRAP, interp.judge, json.dumps(cfg)]
 
 
 def find_bwrap(bwrap: str | None = None) -> str:
@@ -281,6 +295,7 @@ class _Cgroups:
         self.bases: dict[str, str] = {}
         self._n = 0
         self._pending: list[str] = []
+        self._lock = threading.Lock()
         try:
             self._detect()
         except OSError:
@@ -334,9 +349,10 @@ class _Cgroups:
         return self.kind is not None
 
     def create(self, limits: Limits) -> list[str]:
-        self._retry_pending()
-        self._n += 1
-        name = f"rlsd-{os.getpid()}-{self._n}"
+        with self._lock:
+            self._retry_pending()
+            self._n += 1
+            name = f"rlsd-{os.getpid()}-{self._n}"
         mem = (limits.memory_mb + limits.tmpfs_mb + 64) << 20
         dirs = []
         try:
@@ -373,7 +389,8 @@ class _Cgroups:
     def release(self, dirs: list[str]) -> None:
         for d in dirs:
             if not self._rmdir(d):
-                self._pending.append(d)
+                with self._lock:
+                    self._pending.append(d)
 
     def _rmdir(self, d: str) -> bool:
         # SIGKILLed processes leave the cgroup a moment after bwrap is reaped.
@@ -455,19 +472,42 @@ def _warn_degraded() -> None:
     warnings.warn(msg, RuntimeWarning, stacklevel=3)
 
 
-def run_sandboxed(style: str, job: dict[str, Any], limits: Limits, *, mode: str = "bwrap",
-                  python: str = "/usr/bin/python3", bwrap: str | None = None) -> SandboxResult:
-    """Run one sample's job in a fresh sandbox. Never raises for anything the candidate does;
-    raises SandboxUnavailable when the sandbox cannot exist here."""
-    if mode == "bwrap":
-        bwrap_path = check_sandbox(python, bwrap)
-    elif mode == "degraded":
-        _warn_degraded()
-        bwrap_path = None
-    else:
-        raise ValueError(f"code verifier: sandbox must be 'bwrap' or 'degraded', got {mode!r}")
+@dataclass
+class _Sandbox:
+    """One started sandbox, used for exactly one sample."""
+
+    key: tuple
+    mode: str
+    proc: subprocess.Popen
+    job_w: int
+    res_r: int
+    log_r: int
+    nonce: str
+    cg_dirs: list[str]
+    tmpdir: str | None
+    started: float
+
+    def close_fds(self) -> None:
+        for name in ("job_w", "res_r", "log_r"):
+            fd = getattr(self, name)
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+                setattr(self, name, -1)
+
+
+# Per process: at most one pre-started spare (bwrap + judge booted, blocked on reading its job)
+# and the sandboxes whose judge has reported but whose namespace is still being torn down.
+# A spare never saw a sample: pre-starting hides start-up latency without sharing any state.
+_SPARE: _Sandbox | None = None
+_FINISHING: list[_Sandbox] = []
+_RUN_LOCK = threading.Lock()
+
+
+def _start(key: tuple, style: str, limits: Limits, mode: str, python: str, bwrap: str | None) -> _Sandbox:
     interp = _interp_info(python)
-    t0 = time.monotonic()
     job_r, job_w = os.pipe()
     res_r, res_w = os.pipe()
     nonce_r, nonce_w = os.pipe()
@@ -477,20 +517,23 @@ def run_sandboxed(style: str, job: dict[str, Any], limits: Limits, *, mode: str 
            "max_value_bytes": limits.max_value_bytes, "max_test_output": limits.max_output_bytes,
            "fds": [job_r, res_w, nonce_r]}
     tmpdir = None
-    cg = cgroups() if mode == "bwrap" else None
     cg_dirs: list[str] = []
+    ok = False
     try:
         os.write(nonce_w, nonce.encode())
         os.close(nonce_w)
+        nonce_w = -1
         if mode == "bwrap":
-            argv = _bwrap_argv(bwrap_path, interp, limits) + _python_argv(interp, cfg)
+            argv = _bwrap_argv(check_sandbox(python, bwrap), interp, limits) + _python_argv(interp, cfg)
+            cg = cgroups()
             if cg.available:
                 try:
                     cg_dirs = cg.create(limits)
-                except OSError as exc:  # cgroup fs full or gone: rlimits still hold
+                except OSError as exc:  # cgroup fs full or gone: the rlimits still hold
                     log.debug("code verifier: no cgroup for this sample: %s", exc)
             procs = [os.path.join(d, "cgroup.procs") for d in cg_dirs]
             preexec = _drop_uid_fn(procs) if (procs or os.geteuid() == 0) else None
+            env: dict[str, str] = {}
             cwd = None
         else:
             tmpdir = tempfile.mkdtemp(prefix="rlsd-code-")
@@ -498,41 +541,123 @@ def run_sandboxed(style: str, job: dict[str, Any], limits: Limits, *, mode: str 
                 os.chown(tmpdir, NOBODY, NOBODY)
             argv = _python_argv(interp, cfg)
             preexec = _drop_uid_fn([]) if os.geteuid() == 0 else None
+            env = {"HOME": tmpdir, "TMPDIR": tmpdir, "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
             cwd = tmpdir
-        try:
-            proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=log_w, stderr=log_w, env={} if mode == "bwrap" else
-                {"HOME": tmpdir, "TMPDIR": tmpdir, "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
-                cwd=cwd, pass_fds=(job_r, res_w, nonce_r), start_new_session=True,
-                preexec_fn=preexec, close_fds=True)
-        except OSError as exc:
-            return SandboxResult(None, ("sandbox_error", f"could not start the sandbox: {exc}"), "", 0.0)
-        finally:
-            for fd in (job_r, res_w, nonce_r, log_w):
-                os.close(fd)
-        job_bytes = json.dumps(job).encode()
-        deadline = t0 + limits.sample_timeout + 1.0
-        result, log_tail, reason = _drive(proc, job_w, job_bytes, res_r, log_r, deadline, limits)
-        job_w = res_r = log_r = -1
-        if mode == "degraded":
-            # No PID namespace: kill what is left in the judge's process group at least.
-            try:
-                os.killpg(proc.pid, 9)
-            except OSError:
-                pass
-        oom = cg.oom_killed(cg_dirs) if cg_dirs else False
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log_w, stderr=log_w, env=env,
+                                cwd=cwd, pass_fds=(job_r, res_w, nonce_r), start_new_session=True,
+                                preexec_fn=preexec, close_fds=True)
+        ok = True
     finally:
-        for fd in (job_w, res_r, log_r):
+        for fd in (job_r, res_w, nonce_r, log_w, nonce_w):
             if fd >= 0:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
-        if cg_dirs:
-            cg.release(cg_dirs)
-        if tmpdir is not None:
-            shutil.rmtree(tmpdir, ignore_errors=True)
-    elapsed = time.monotonic() - t0
+                os.close(fd)
+        if not ok:
+            for fd in (job_w, res_r, log_r):
+                os.close(fd)
+            if cg_dirs:
+                cgroups().release(cg_dirs)
+            if tmpdir is not None:
+                shutil.rmtree(tmpdir, ignore_errors=True)
+    return _Sandbox(key, mode, proc, job_w, res_r, log_r, nonce, cg_dirs, tmpdir, time.monotonic())
+
+
+def _cleanup(sb: _Sandbox, wait: bool) -> bool:
+    """Release what a finished sandbox holds; False if it is still being torn down."""
+    if sb.proc.poll() is None:
+        if not wait:
+            return False
+        try:
+            sb.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            sb.proc.kill()
+            sb.proc.wait()
+    sb.close_fds()
+    if sb.mode == "degraded":
+        # No PID namespace: kill what is left in the judge's process group at least.
+        try:
+            os.killpg(sb.proc.pid, 9)
+        except OSError:
+            pass
+    if sb.cg_dirs:
+        cgroups().release(sb.cg_dirs)
+    if sb.tmpdir is not None:
+        shutil.rmtree(sb.tmpdir, ignore_errors=True)
+    return True
+
+
+def _reap_finishing(wait: bool = False) -> None:
+    global _FINISHING
+    _FINISHING = [sb for sb in _FINISHING if not _cleanup(sb, wait)]
+
+
+def drain() -> None:
+    """Kill the pre-started spare and wait for every sandbox of this process to be gone."""
+    global _SPARE
+    with _RUN_LOCK:
+        if _SPARE is not None:
+            _SPARE.proc.kill()
+            _FINISHING.append(_SPARE)
+            _SPARE = None
+        _reap_finishing(wait=True)
+
+
+atexit.register(drain)
+
+
+def run_sandboxed(style: str, job: dict[str, Any], limits: Limits, *, mode: str = "bwrap",
+                  python: str = "/usr/bin/python3", bwrap: str | None = None,
+                  prestart: bool = True) -> SandboxResult:
+    """Run one sample's job in a fresh sandbox. Never raises for anything the candidate does;
+    raises SandboxUnavailable when the sandbox cannot exist here.
+
+    prestart: boot the next sample's sandbox now, in the background (bwrap mode only)."""
+    global _SPARE
+    if mode == "bwrap":
+        check_sandbox(python, bwrap)
+    elif mode == "degraded":
+        _warn_degraded()
+        prestart = False
+    else:
+        raise ValueError(f"code verifier: sandbox must be 'bwrap' or 'degraded', got {mode!r}")
+    key = (style, limits, mode, python, bwrap)
+    with _RUN_LOCK:
+        _reap_finishing()
+        sb, _SPARE = _SPARE, None
+        if sb is not None and (sb.key != key or sb.proc.poll() is not None):
+            sb.proc.kill()
+            _FINISHING.append(sb)
+            sb = None
+    try:
+        if sb is None:
+            sb = _start(key, style, limits, mode, python, bwrap)
+        if prestart:
+            spare = _start(key, style, limits, mode, python, bwrap)
+            with _RUN_LOCK:
+                if _SPARE is None:
+                    _SPARE, spare = spare, None
+            if spare is not None:  # another thread was faster
+                spare.proc.kill()
+                with _RUN_LOCK:
+                    _FINISHING.append(spare)
+    except OSError as exc:
+        if sb is not None:
+            sb.proc.kill()
+            with _RUN_LOCK:
+                _FINISHING.append(sb)
+        return SandboxResult(None, ("sandbox_error", f"could not start the sandbox: {exc}"), "", 0.0)
+    t0 = time.monotonic()
+    try:
+        result, log_tail, reason = _drive(sb, json.dumps(job).encode(), t0 + limits.sample_timeout + 1.0, limits)
+        oom = cgroups().oom_killed(sb.cg_dirs) if sb.cg_dirs else False
+    finally:
+        with _RUN_LOCK:
+            if not _cleanup(sb, wait=mode == "degraded"):
+                _FINISHING.append(sb)
+    return _interpret(result, log_tail, reason, oom, sb, limits, time.monotonic() - t0)
+
+
+def _interpret(result: bytes, log_tail: bytes, reason: str | None, oom: bool, sb: _Sandbox,
+               limits: Limits, elapsed: float) -> SandboxResult:
     log_text = log_tail.decode("utf-8", "replace")
     if reason == "timeout":
         return SandboxResult(None, ("timeout", f"killed at the sample's wall-clock deadline "
@@ -549,8 +674,8 @@ def run_sandboxed(style: str, job: dict[str, Any], limits: Limits, *, mode: str 
         if oom:
             return SandboxResult(None, ("memory_limit", "the sandbox ran out of memory"), log_text, elapsed)
         return SandboxResult(None, ("sandbox_error", "the judge ended without a result (exit "
-                                    f"{proc.returncode}): " + log_text.strip()[-300:]), log_text, elapsed)
-    if not isinstance(out, dict) or out.get("nonce") != nonce:
+                                    f"{sb.proc.returncode}): " + log_text.strip()[-300:]), log_text, elapsed)
+    if not isinstance(out, dict) or out.get("nonce") != sb.nonce:
         return SandboxResult(None, ("sandbox_error", "the result failed its integrity check"), log_text, elapsed)
     if "harness_error" in out:
         return SandboxResult(None, ("sandbox_error", "judge error: " + str(out["harness_error"])[:400]),
@@ -565,10 +690,10 @@ def run_sandboxed(style: str, job: dict[str, Any], limits: Limits, *, mode: str 
     return SandboxResult(tests, None, log_text, elapsed)
 
 
-def _drive(proc: subprocess.Popen, job_w: int, job_bytes: bytes, res_r: int, log_r: int,
-           deadline: float, limits: Limits) -> tuple[bytes, bytes, str | None]:
-    """Feed the job, collect the result and a capped log, until the judge is done or a limit
-    is hit. Closes the three fds. Returns (result bytes, log tail, reason or None)."""
+def _drive(sb: _Sandbox, job_bytes: bytes, deadline: float, limits: Limits) -> tuple[bytes, bytes, str | None]:
+    """Feed the job, collect the result and a capped log, until the result is complete or a
+    limit is hit (then the sandbox is killed). Returns (result bytes, log tail, reason or None)."""
+    proc = sb.proc
     result = bytearray()
     log_buf = bytearray()
     log_total = 0
@@ -576,17 +701,14 @@ def _drive(proc: subprocess.Popen, job_w: int, job_bytes: bytes, res_r: int, log
     result_cap = limits.max_output_bytes * 64 + (8 << 20)
     reason = None
     sel = selectors.DefaultSelector()
-    os.set_blocking(job_w, False)
+    os.set_blocking(sb.job_w, False)
     view = memoryview(job_bytes)
-    if view:
-        sel.register(job_w, selectors.EVENT_WRITE, "job")
-    else:
-        os.close(job_w)
-    sel.register(res_r, selectors.EVENT_READ, "res")
-    sel.register(log_r, selectors.EVENT_READ, "log")
+    sel.register(sb.job_w, selectors.EVENT_WRITE, "job")
+    sel.register(sb.res_r, selectors.EVENT_READ, "res")
+    sel.register(sb.log_r, selectors.EVENT_READ, "log")
     open_reads = {"res", "log"}
     try:
-        while "res" in open_reads or ("log" in open_reads and proc.poll() is None):
+        while "res" in open_reads:
             left = deadline - time.monotonic()
             if left <= 0:
                 reason = "timeout"
@@ -594,21 +716,20 @@ def _drive(proc: subprocess.Popen, job_w: int, job_bytes: bytes, res_r: int, log
             for key, _ in sel.select(min(left, 0.5)):
                 if key.data == "job":
                     try:
-                        n = os.write(job_w, view[:1 << 16])
+                        n = os.write(sb.job_w, view[:1 << 16])
                     except BlockingIOError:
                         continue
                     except OSError:  # the judge is gone; the result will say why
                         n = len(view)
                     view = view[n:]
                     if not view:
-                        sel.unregister(job_w)
-                        os.close(job_w)
-                        job_w = -1
+                        sel.unregister(sb.job_w)
+                        os.close(sb.job_w)
+                        sb.job_w = -1
                     continue
-                fd = key.fd
-                chunk = os.read(fd, 1 << 16)
+                chunk = os.read(key.fd, 1 << 16)
                 if not chunk:
-                    sel.unregister(fd)
+                    sel.unregister(key.fd)
                     open_reads.discard(key.data)
                     continue
                 if key.data == "res":
@@ -623,18 +744,20 @@ def _drive(proc: subprocess.Popen, job_w: int, job_bytes: bytes, res_r: int, log
                         reason = "output_limit"
             if reason:
                 break
+        if reason is None and "log" in open_reads:
+            # The result is complete; take what the program printed up to now, without waiting.
+            os.set_blocking(sb.log_r, False)
+            try:
+                while len(log_buf) < 8192:
+                    chunk = os.read(sb.log_r, 1 << 16)
+                    if not chunk:
+                        break
+                    log_buf += chunk
+            except BlockingIOError:
+                pass
+            del log_buf[:-4096]
     finally:
         sel.close()
-        if job_w >= 0:
-            os.close(job_w)
-        os.close(res_r)
-        os.close(log_r)
         if reason is not None:
             proc.kill()
-        try:
-            proc.wait(timeout=max(0.5, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            reason = reason or "timeout"
     return bytes(result), bytes(log_buf), reason
