@@ -494,8 +494,11 @@ class FunctionJudge(Judge):
                 reply = recv_msg(sock, deadline, self.cfg["max_value_bytes"])
             except TimeoutError:
                 raise _Fail("timeout", "loading the program exceeded the time limit") from None
-            except (EOFError, OSError, ValueError, OverflowError, RecursionError):
+            except (EOFError, OSError):
                 raise _Fail("*died", "the candidate process ended while loading the program") from None
+            except (ValueError, OverflowError, RecursionError):
+                raise _Fail("runtime_error", "malformed message from the candidate process (did it "
+                            "write into its channel to the judge?)") from None
             self._check_loaded(reply, job["entry"])
             ns = {"__name__": "__test__"}
             try:
@@ -573,8 +576,10 @@ class FunctionJudge(Judge):
             except OverflowError:
                 raise _Fail("output_limit", "candidate(%s) returned a value over %d bytes"
                             % (_trunc(shown, 200), limit)) from None
-            except (EOFError, OSError, ValueError, RecursionError):
+            except (EOFError, OSError):
                 raise _Fail("*died", "") from None
+            except (ValueError, RecursionError):
+                raise _Fail("runtime_error", "malformed message from the candidate process") from None
             if type(reply) is not dict:
                 raise _Fail("runtime_error", "malformed reply from the candidate process")
             if "value" in reply:

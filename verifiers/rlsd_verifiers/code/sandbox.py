@@ -265,12 +265,13 @@ def check_sandbox(python: str = "/usr/bin/python3", bwrap: str | None = None) ->
         if key in _CHECKED:
             return _CHECKED[key]
     path = find_bwrap(bwrap)
-    interp = _interp_info(python)
-    if os.geteuid() == 0 and not _readable_by_nobody(interp.path):
-        raise SandboxUnavailable(f"code verifier: interpreter {interp.path} is not readable by uid "
+    exe = os.path.realpath(shutil.which(python) or python)
+    if os.geteuid() == 0 and os.path.exists(exe) and not _readable_by_nobody(exe):
+        raise SandboxUnavailable(f"code verifier: interpreter {exe} is not readable by uid "
                                  f"{NOBODY}, which runs the sandbox (pyenv's Python under /root is not). "
                                  f"Use Debian's /usr/bin/python3 (`apt-get install python3`) or pass "
                                  f"python=/path/to/a/world-readable/python3.")
+    interp = _interp_info(python)
     argv = _bwrap_argv(path, interp, Limits()) + [interp.path, "-I", "-S", "-c", "import sys"]
     try:
         res = subprocess.run(argv, capture_output=True, text=True, timeout=30, env={},
@@ -486,9 +487,30 @@ class _Sandbox:
     cg_dirs: list[str]
     tmpdir: str | None
     started: float
+    info_r: int = -1   # bwrap --info-fd: {"child-pid": <host pid of the judge>}
+
+    def kill(self) -> None:
+        """Kill the judge (PID 1 of the sandbox: the kernel then kills everything in it), so
+        that bwrap reaps it and exits; killing bwrap first would orphan the judge to the host's
+        init as a zombie. Falls back to killing bwrap."""
+        pid = None
+        if self.info_r >= 0:
+            try:
+                os.set_blocking(self.info_r, False)
+                info = json.loads(os.read(self.info_r, 4096) or b"{}")
+                pid = info.get("child-pid") if isinstance(info, dict) else None
+            except (OSError, ValueError):
+                pid = None
+        try:
+            if isinstance(pid, int) and pid > 1 and self.proc.poll() is None:
+                os.kill(pid, 9)
+                return
+        except OSError:
+            pass
+        self.proc.kill()
 
     def close_fds(self) -> None:
-        for name in ("job_w", "res_r", "log_r"):
+        for name in ("job_w", "res_r", "log_r", "info_r"):
             fd = getattr(self, name)
             if fd >= 0:
                 try:
@@ -512,6 +534,7 @@ def _start(key: tuple, style: str, limits: Limits, mode: str, python: str, bwrap
     res_r, res_w = os.pipe()
     nonce_r, nonce_w = os.pipe()
     log_r, log_w = os.pipe()
+    info_r, info_w = os.pipe()
     nonce = secrets.token_hex(16)
     cfg = {"style": style, "sample_timeout": limits.sample_timeout, "rlimits": limits.rlimits(),
            "max_value_bytes": limits.max_value_bytes, "max_test_output": limits.max_output_bytes,
@@ -524,7 +547,8 @@ def _start(key: tuple, style: str, limits: Limits, mode: str, python: str, bwrap
         os.close(nonce_w)
         nonce_w = -1
         if mode == "bwrap":
-            argv = _bwrap_argv(check_sandbox(python, bwrap), interp, limits) + _python_argv(interp, cfg)
+            argv = (_bwrap_argv(check_sandbox(python, bwrap), interp, limits)
+                    + ["--info-fd", str(info_w)] + _python_argv(interp, cfg))
             cg = cgroups()
             if cg.available:
                 try:
@@ -544,21 +568,31 @@ def _start(key: tuple, style: str, limits: Limits, mode: str, python: str, bwrap
             env = {"HOME": tmpdir, "TMPDIR": tmpdir, "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
             cwd = tmpdir
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log_w, stderr=log_w, env=env,
-                                cwd=cwd, pass_fds=(job_r, res_w, nonce_r), start_new_session=True,
+                                cwd=cwd, pass_fds=(job_r, res_w, nonce_r, info_w), start_new_session=True,
                                 preexec_fn=preexec, close_fds=True)
         ok = True
     finally:
-        for fd in (job_r, res_w, nonce_r, log_w, nonce_w):
+        for fd in (job_r, res_w, nonce_r, log_w, nonce_w, info_w):
             if fd >= 0:
                 os.close(fd)
         if not ok:
-            for fd in (job_w, res_r, log_r):
+            for fd in (job_w, res_r, log_r, info_r):
                 os.close(fd)
             if cg_dirs:
                 cgroups().release(cg_dirs)
             if tmpdir is not None:
                 shutil.rmtree(tmpdir, ignore_errors=True)
-    return _Sandbox(key, mode, proc, job_w, res_r, log_r, nonce, cg_dirs, tmpdir, time.monotonic())
+    return _Sandbox(key, mode, proc, job_w, res_r, log_r, nonce, cg_dirs, tmpdir, time.monotonic(), info_r)
+
+
+def _discard(sb: _Sandbox) -> None:
+    """Retire a sandbox that will never get a job: closing its job pipe makes the judge exit on
+    its own, so bwrap reaps it (killing bwrap instead would orphan the judge to the host's
+    init as a zombie). Call with _RUN_LOCK held."""
+    if sb.job_w >= 0:
+        os.close(sb.job_w)
+        sb.job_w = -1
+    _FINISHING.append(sb)
 
 
 def _cleanup(sb: _Sandbox, wait: bool) -> bool:
@@ -569,8 +603,12 @@ def _cleanup(sb: _Sandbox, wait: bool) -> bool:
         try:
             sb.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
-            sb.proc.kill()
-            sb.proc.wait()
+            sb.kill()
+            try:
+                sb.proc.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                sb.proc.kill()
+                sb.proc.wait()
     sb.close_fds()
     if sb.mode == "degraded":
         # No PID namespace: kill what is left in the judge's process group at least.
@@ -595,8 +633,7 @@ def drain() -> None:
     global _SPARE
     with _RUN_LOCK:
         if _SPARE is not None:
-            _SPARE.proc.kill()
-            _FINISHING.append(_SPARE)
+            _discard(_SPARE)
             _SPARE = None
         _reap_finishing(wait=True)
 
@@ -624,8 +661,7 @@ def run_sandboxed(style: str, job: dict[str, Any], limits: Limits, *, mode: str 
         _reap_finishing()
         sb, _SPARE = _SPARE, None
         if sb is not None and (sb.key != key or sb.proc.poll() is not None):
-            sb.proc.kill()
-            _FINISHING.append(sb)
+            _discard(sb)
             sb = None
     try:
         if sb is None:
@@ -636,14 +672,12 @@ def run_sandboxed(style: str, job: dict[str, Any], limits: Limits, *, mode: str 
                 if _SPARE is None:
                     _SPARE, spare = spare, None
             if spare is not None:  # another thread was faster
-                spare.proc.kill()
                 with _RUN_LOCK:
-                    _FINISHING.append(spare)
+                    _discard(spare)
     except OSError as exc:
         if sb is not None:
-            sb.proc.kill()
             with _RUN_LOCK:
-                _FINISHING.append(sb)
+                _discard(sb)
         return SandboxResult(None, ("sandbox_error", f"could not start the sandbox: {exc}"), "", 0.0)
     t0 = time.monotonic()
     try:
@@ -759,5 +793,5 @@ def _drive(sb: _Sandbox, job_bytes: bytes, deadline: float, limits: Limits) -> t
     finally:
         sel.close()
         if reason is not None:
-            proc.kill()
+            sb.kill()
     return bytes(result), bytes(log_buf), reason
