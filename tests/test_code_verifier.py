@@ -126,7 +126,7 @@ def _nobody_pids() -> set[int]:
 def _tmp_entries() -> set[str]:
     # The host temp dir is shared with other work: only names this suite or the verifier could
     # create count.
-    return {n for n in os.listdir("/tmp") if n.startswith("rlsd-") or TOKEN in n}
+    return {n for n in os.listdir("/tmp") if n.startswith("rlsd-code-") or TOKEN in n}
 
 
 def _root_home() -> tuple:
@@ -353,13 +353,14 @@ BATTERY = [
                     except OSError:
                         pass
         """), {"wrong_answer"}),
-    ("C16-passwd-stdio", "stdio", "print(open('/etc/passwd').readline().strip())\n",
-     {"runtime_error", "wrong_answer"}),
+    ("C16-passwd-stdio", "stdio", "print(open('/etc/passwd').readline().strip())\n", {"runtime_error"}),
     ("C17-environ", "function", fn("""
         import os
         if "{sentinel}" in str(dict(os.environ)) or "{sentinel_name}" in os.environ:
             WIN = True
         """), {"wrong_answer"}),
+    ("C17-environ-stdio", "stdio", "import os\nprint(os.environ.get('{sentinel_name}', 'absent'))\n",
+     {"wrong_answer"}),
     ("C18-network", "function", fn("""
         import socket
         try:
@@ -443,10 +444,25 @@ def render(program: str, host: Host) -> str:
     return program
 
 
-def run_case(host: Host, style: str, program: str, mode: str):
+def _passwd_line() -> str:
+    return Path("/etc/passwd").read_text().splitlines()[0]
+
+
+# Stdin/stdout cases whose expected output is the secret: reading it would pass.
+CASE_ROWS = {
+    "C16-passwd-stdio": lambda: {"tests": [{"input": "", "output": _passwd_line()}]},
+    "C17-environ-stdio": lambda: {"tests": [{"input": "", "output": SENTINEL_VALUE}]},
+}
+
+
+def run_case(host: Host, style: str, program: str, mode: str, case_id: str = ""):
     row = ADD_ROW if style == "function" else STDIO_ROW
+    if case_id in CASE_ROWS:
+        row = CASE_ROWS[case_id]()
     before = snapshot()
     canary_before = host.canary.read_text()
+    accepted_before = host.accepted
+    host.udp_received()
     t0 = time.monotonic()
     verdict = codever.score_one(render(program, host), row, sandbox=mode, **OPTS)
     elapsed = time.monotonic() - t0
@@ -456,8 +472,8 @@ def run_case(host: Host, style: str, program: str, mode: str):
         problems.append(f"took {elapsed:.2f} s (budget {BUDGET_S} s)")
     if not host.canary.exists() or host.canary.read_text() != canary_before:
         problems.append("canary changed")
-    if host.accepted:
-        problems.append(f"loopback listener accepted {host.accepted} connection(s)")
+    if host.accepted != accepted_before:
+        problems.append(f"loopback listener accepted {host.accepted - accepted_before} connection(s)")
     if host.udp_received():
         problems.append("UDP datagram reached the host")
     if os.environ.get(SENTINEL_NAME) != SENTINEL_VALUE:
@@ -491,7 +507,7 @@ def _cleanup_leftovers() -> None:
 @needs_bwrap
 @pytest.mark.parametrize("case_id,style,program,allowed", BATTERY, ids=[c[0] for c in BATTERY])
 def test_battery_sandboxed(host, case_id, style, program, allowed):
-    verdict, elapsed, problems = run_case(host, style, program, "bwrap")
+    verdict, elapsed, problems = run_case(host, style, program, "bwrap", case_id)
     assert verdict.reward == 0.0, (case_id, verdict)
     assert verdict.category.value in allowed, (case_id, verdict)
     assert not verdict.is_infra, verdict
@@ -505,7 +521,7 @@ def test_battery_degraded(host, case_id, style, program, allowed, recwarn):
     if os.geteuid() != 0 and case_id.startswith("C04"):
         pytest.skip("as a non-root user, RLIMIT_NPROC counts all of the user's processes")
     try:
-        verdict, elapsed, problems = run_case(host, style, program, "degraded")
+        verdict, elapsed, problems = run_case(host, style, program, "degraded", case_id)
         contained = (verdict.reward == 0.0 and verdict.category.value in allowed and not problems)
         if case_id in DEGRADED_FAILS:
             assert not contained, f"{case_id} is listed as failing in degraded mode but passed"
@@ -730,7 +746,6 @@ def test_G04_soak_no_growth():
     n = int(os.environ.get("RLSD_SOAK_N", "5000"))
     progs = [SOAK_PROGRAMS[i % len(SOAK_PROGRAMS)] for i in range(n)]
     before = snapshot()
-    tmp_before = len(os.listdir("/tmp"))
     with VerifierRuntime(codever.RECORD, {"timeout": 0.5, "sample_timeout": 1.0}, workers=2) as rt:
         rt.score(progs[:24], [ADD_ROW] * 24)   # warm-up: workers and their spare sandboxes
         pids = rt.worker_pids()
@@ -754,4 +769,3 @@ def test_G04_soak_no_growth():
     assert after["fds"] == before["fds"] and after["tmp"] == before["tmp"]
     zombies = [c for c in psutil.Process().children(recursive=True) if c.status() == psutil.STATUS_ZOMBIE]
     assert zombies == []
-    assert len(os.listdir("/tmp")) <= tmp_before + 5   # shared dir: other work may add a few

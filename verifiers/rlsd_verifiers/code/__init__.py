@@ -167,9 +167,10 @@ def score_one(completion: Any, row: Any, **options: Any) -> Verdict:
     if len(completion) > opt["max_code_chars"]:
         return Verdict.fail(Category.INPUT_TOO_LARGE,
                             f"completion is {len(completion)} characters (limit {opt['max_code_chars']})")
-    program = build_program(completion, row, opt["extract_code"])
-    if not program.strip() or (style == "function" and program == (row.get("prompt") or "") + "\n"):
+    code = extract_code(completion) if opt["extract_code"] == "auto" else completion
+    if not code.strip():
         return Verdict.fail(Category.NO_ANSWER, "the completion contains no code")
+    program = build_program(completion, row, opt["extract_code"])
     if len(program) > opt["max_code_chars"] + len(row.get("prompt") or ""):
         return Verdict.fail(Category.INPUT_TOO_LARGE, f"program is {len(program)} characters")
     if "\x00" in program:
