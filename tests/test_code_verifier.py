@@ -292,6 +292,16 @@ BATTERY = [
             pass
         """), {"wrong_answer", "runtime_error"}),
     ("C11-forge-stdio", "stdio", "print('3')\nprint('passed')\n", {"wrong_answer"}),
+    # Squatting on names the judge might use must not turn a failure into a masked sandbox_error.
+    ("C11-squat-stdio", "stdio", textwrap.dedent("""
+        import os
+        for name in (".stdin", "stdin", "input", "result.json", "/work/.stdin"):
+            try:
+                os.mkfifo(name)
+            except OSError:
+                pass
+        print(3)
+        """), {"wrong_answer"}),
     ("C12-flood", "function", "import sys\ndef add(a, b):\n    for _ in range(200):\n"
      "        sys.stdout.write('x' * (1 << 20))\n    return a + b\n", {"output_limit", "timeout"}),
     ("C12-flood-stdio", "stdio", "import sys\nfor _ in range(200):\n    sys.stdout.write('x' * (1 << 20))\n",
@@ -761,7 +771,7 @@ def test_G04_soak_no_growth():
     for v in out:
         cats[v.category.value] = cats.get(v.category.value, 0) + 1
     assert not any(v.is_infra for v in out), cats
-    assert sum(v.reward for v in out) == sum(1 for i in range(n) if i % len(SOAK_PROGRAMS) in (0, 9)), cats
+    assert sum(v.reward for v in out) == sum(1 for i in range(n) if i % len(SOAK_PROGRAMS) in (0, 9, 11)), cats
     assert rss1 <= rss0 * 1.10 + (8 << 20), (rss0, rss1)
     assert fds1 <= fds0, (fds0, fds1)
     after = settle(before)
@@ -769,3 +779,34 @@ def test_G04_soak_no_growth():
     assert after["fds"] == before["fds"] and after["tmp"] == before["tmp"]
     zombies = [c for c in psutil.Process().children(recursive=True) if c.status() == psutil.STATUS_ZOMBIE]
     assert zombies == []
+
+
+# ---------------------------------------------------------------------------------------------
+# The judge's plain-data codec (runs inside the sandbox; importable here: standard library only)
+
+def test_codec_round_trip_and_strictness():
+    from rlsd_verifiers.code import harness as h
+
+    value = [None, True, 0, -2**70, 1.5, float("inf"), "é\udc80", b"\x00", (1, (2,)), {1: [2]},
+             {frozenset({1})}, 1 - 2j]
+    back = h.decode(h.json_loads(h.json_dumps(h.encode(value))))
+    assert back == value and [type(x) for x in back] == [type(x) for x in value]
+    assert math.isnan(h.decode(h.encode(float("nan"))))
+
+    class Sub(int):
+        pass
+
+    for bad in (Sub(1), object(), [iter([])], {"k": Sub(2)}):
+        with pytest.raises(h.CodecError):
+            h.encode(bad)
+    deep: list = []
+    for _ in range(300):
+        deep = [deep]
+    with pytest.raises(h.CodecError):
+        h.encode(deep)
+    for junk in ({"x": 1}, {"t": 5}, {"d": [[1]]}, {"I": 5}, {"s": [[1]]}, {"a": 1, "b": 2}):
+        with pytest.raises((h.CodecError, TypeError, ValueError)):
+            h.decode(junk)
+    for text in ("NaN", "[1,", "1 2", '{"a":1}x'):
+        with pytest.raises(ValueError):
+            h.json_loads(text)

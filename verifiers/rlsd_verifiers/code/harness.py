@@ -653,9 +653,12 @@ class ScriptJudge(Judge):
     def run_one(self, stdin_text, test_timeout):
         cap = self.cfg["max_test_output"]
         data = stdin_text.encode("utf-8", "surrogateescape")
-        in_fd = os.open("./.stdin", os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_TRUNC, 0o600)
         try:
-            os.unlink("./.stdin")
+            # An anonymous file: no name in the work dir that a candidate could squat on.
+            in_fd = os.memfd_create("stdin")
+        except OSError as exc:
+            return {"status": "sandbox_error", "message": "could not stage the test input: %s" % exc}
+        try:
             view = memoryview(data)
             while view:
                 view = view[os.write(in_fd, view):]
