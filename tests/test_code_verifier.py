@@ -810,3 +810,23 @@ def test_codec_round_trip_and_strictness():
     for text in ("NaN", "[1,", "1 2", '{"a":1}x'):
         with pytest.raises(ValueError):
             h.json_loads(text)
+
+
+@needs_bwrap
+def test_rlsd_verify_cli_scores_both_row_styles(tmp_path):
+    import json
+
+    from rlsd_core.cli import main
+
+    rows = [
+        {"completion": "    return a + b\n", **ADD_ROW},
+        {"completion": "    return a * b\n", **ADD_ROW},
+        {"completion": "a, b = map(int, input().split())\nprint(a + b)\n", **STDIO_ROW},
+        {"completion": "print(4)\n", **STDIO_ROW},
+    ]
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["verify", "--verifier", "code", str(src), "-o", str(out)]) == 0
+    got = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(g["reward"], g["category"]) for g in got] == [
+        (1.0, "ok"), (0.0, "wrong_answer"), (1.0, "ok"), (0.0, "wrong_answer")]
