@@ -1,0 +1,135 @@
+"""`rlsd train`: build the config from defaults, a YAML file and overrides, validate it, train.
+
+With no arguments it trains the embedded default: the tiny local model, warmed up (cached), on
+the built-in addition + reverse suite, on the CPU. Every config field is also a flag
+(`--optim.lr 1e-4`), generated from the typed config so `rlsd train --help` lists every field
+with its default; `--set optim.lr=1e-4` does the same and reaches list entries
+(`--set tasks.0.eval_size=200`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .config import ConfigError, build_config, iter_fields, parse_value, type_name
+
+_FIELD_PREFIX = "field:"
+
+
+def _default_text(value) -> str:
+    if isinstance(value, (list, dict)):
+        return json.dumps(value)
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", "-c", metavar="FILE", help="YAML config file (any subset of the "
+                        "fields below; the rest keep their defaults)")
+    parser.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
+                        help="override one field, e.g. --set optim.lr=1e-4 or "
+                             "--set tasks.0.eval_size=200 (value read as YAML; repeatable)")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved config as YAML and exit")
+    parser.add_argument("--check", action="store_true",
+                        help="validate the config and plugin names, load no model, and exit")
+    sections: dict[str, argparse._ArgumentGroup] = {}
+    for dotted, annotation, description, default in iter_fields():
+        section = dotted.split(".")[0] if "." in dotted else "run"
+        group = sections.get(section)
+        if group is None:
+            group = sections[section] = parser.add_argument_group(f"config: {section}")
+        group.add_argument(f"--{dotted}", dest=_FIELD_PREFIX + dotted, default=argparse.SUPPRESS,
+                           metavar=type_name(annotation).upper() if "|" not in type_name(annotation)
+                           else "{" + type_name(annotation) + "}",
+                           help=f"{description} (default: {_default_text(default)})".replace("%", "%%"))
+
+
+def overrides_from_args(args: argparse.Namespace) -> list[tuple[str, object]]:
+    out = []
+    for item in args.set:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set optim.lr=1e-4")
+        key, value = item.split("=", 1)
+        out.append((key.strip(), parse_value(value)))
+    for key, value in vars(args).items():
+        if key.startswith(_FIELD_PREFIX):
+            out.append((key[len(_FIELD_PREFIX):], parse_value(value)))
+    return out
+
+
+class _WarmupProgress:
+    """Turns the trainer's warm-up events into a rich progress bar."""
+
+    def __init__(self, console) -> None:
+        self.console = console
+        self.progress = None
+
+    def __call__(self, event: str, payload: dict) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        if event == "warmup_cached":
+            self.console.print(f"warm-up: cached at {payload['path']}")
+        elif event == "warmup_step":
+            if self.progress is None:
+                self.console.print("warm-up: supervised phase on the built-in tasks (first run only; "
+                                   "cached afterwards)")
+                self.progress = Progress(TextColumn("[bold]warm-up[/bold]"), BarColumn(),
+                                         MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.3f}"),
+                                         TimeElapsedColumn(), console=self.console)
+                self.progress.start()
+                self.task = self.progress.add_task("warmup", total=payload["steps"], loss=0.0)
+            self.progress.update(self.task, completed=payload["step"], loss=payload["loss"])
+        elif event == "warmup_done" and self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from .plugins import UnknownNameError, get_plugin_manager
+
+    console = Console(file=sys.stderr)
+    try:
+        cfg = build_config(args.config, overrides_from_args(args))
+        if args.print_config:
+            print(cfg.to_yaml(), end="")
+            return 0
+        pm = get_plugin_manager()
+        from .config import check_plugins
+        check_plugins(cfg, pm.registry)
+    except (ConfigError, UnknownNameError) as exc:
+        print(f"rlsd train: {exc}", file=sys.stderr)
+        return 2
+    if args.check:
+        console.print("config OK")
+        return 0
+    from .tasks import TaskError
+    from .trainer import train
+
+    try:
+        train(cfg, pm, reporter=_WarmupProgress(console))
+    except (ConfigError, TaskError) as exc:
+        print(f"rlsd train: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "train", help="train a policy with RLSD / GRPO / OPSD (no arguments: the embedded default)",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    parser.set_defaults(func=run_train)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="rlsd train")
+    add_arguments(parser)
+    return run_train(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,415 @@
+"""The typed run config: one YAML file plus command-line overrides, validated before any model loads.
+
+Data flow: defaults (the embedded default run) <- YAML file (`--config`) <- overrides
+(`--set optim.lr=1e-4` or `--optim.lr 1e-4`) -> `TrainConfig` (pydantic v2) -> plugin-name
+checks against the installed registries -> the trainer. The resolved config is written to the
+run directory as `config.yaml`, so `rlsd train --config runs/<dir>/config.yaml` repeats a run.
+
+Every field has a default and a description; `rlsd train --help` is generated from them
+(`iter_fields`), so the help can never drift from the code. Errors name the field:
+  unknown key      -> "optim.lrr: unknown key; did you mean 'optim.lr'?"
+  bad value        -> "optim.lr: Input should be greater than 0 (got -1)"
+  unknown plugin   -> "tasks[0].verifier: no verifier named 'maths' ... Installed verifiers: ..."
+"""
+
+from __future__ import annotations
+
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Iterator, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """The config is invalid; the message names every offending field and how to fix it."""
+
+
+class _Section(BaseModel):
+    # extra="forbid": a misspelt key is an error (with a suggestion), never silently ignored.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    name_or_path: str = Field(
+        "tiny", description="Hugging Face model directory or hub id; 'tiny' builds the embedded "
+                            "3.2 M-parameter model and tokenizer locally (cached).")
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="Weights dtype of the trained policy: auto = float32 (fp32 master "
+                            "weights; optim.precision decides bf16 compute).")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Where the policy trains: auto = cuda when available, else cpu.")
+
+
+class WarmupConfig(_Section):
+    enabled: Literal["auto", "true", "false"] = Field(
+        "auto", description="Supervised warm-up before RL (cached): auto = only for model 'tiny'.")
+    steps: int = Field(420, ge=0, description="Warm-up optimizer steps.")
+    batch_size: int = Field(64, ge=1, description="Warm-up examples per step.")
+    lr: float = Field(2e-3, gt=0, description="Warm-up peak learning rate (AdamW, cosine decay).")
+    privileged_fraction: float = Field(
+        0.25, ge=0, le=1, description="Fraction of warm-up examples shown with the teacher's "
+                                      "privileged prompt, so the self-teacher is in distribution.")
+
+
+class TaskConfig(_Section):
+    name: str = Field(description="Task name, used in metrics and the final table.")
+    source: str = Field("", description="Built-in task (addition, reverse) or an installed task "
+                                        "source; ignored when `path` is set.")
+    path: str | None = Field(None, description="JSONL file of rows (prompt, answer, ...) instead "
+                                               "of a source.")
+    options: dict[str, Any] = Field(default_factory=dict, description="Options of the task source.")
+    verifier: str = Field("", description="Verifier that scores this task (default: the source's).")
+    verifier_options: dict[str, Any] = Field(default_factory=dict, description="Verifier options.")
+    injector: str = Field("", description="Injector that builds this task's teacher prompt "
+                                          "(default: the source's, else reference_answer).")
+    injector_options: dict[str, Any] = Field(default_factory=dict, description="Injector options.")
+    weight: float = Field(1.0, gt=0, description="Relative share of this task's prompts per step.")
+    train_size: int | None = Field(None, ge=1, description="Cap on training rows (None: all).")
+    eval_size: int = Field(100, ge=1, description="Held-out rows for greedy accuracy.")
+
+    @model_validator(mode="after")
+    def _has_rows(self):
+        if not self.source and not self.path:
+            raise ValueError(f"task {self.name!r} needs a `source` or a `path`")
+        return self
+
+
+def _default_tasks() -> list[TaskConfig]:
+    return [TaskConfig(name="addition", source="addition"),
+            TaskConfig(name="reverse", source="reverse")]
+
+
+class RolloutConfig(_Section):
+    engine: Literal["hf", "vllm"] = Field("hf", description="Rollout engine.")
+    engine_options: dict[str, Any] = Field(default_factory=dict,
+                                           description="Extra keyword arguments for the engine.")
+    prompts_per_step: int = Field(16, ge=1, description="Prompts per rollout batch.")
+    group_size: int = Field(8, ge=2, description="Responses per prompt (G).")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature (also divides the "
+                                                      "logits of every log-prob).")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
+    max_new_tokens: int = Field(16, ge=1, description="Response length cap.")
+
+
+class AlgoConfig(_Section):
+    loss: Literal["rlsd", "grpo", "opsd", "grpo+opsd"] = Field(
+        "rlsd", description="Objective: rlsd (teacher scales token credit), grpo, opsd "
+                            "(distill toward the privileged teacher), grpo+opsd (weighted sum).")
+    normalize_std: bool = Field(True, description="Divide group advantages by the group std "
+                                                  "(false: Dr.GRPO style).")
+    eps_low: float = Field(0.2, ge=0, lt=1, description="PPO ratio clip below 1.")
+    eps_high: float = Field(0.28, ge=0, description="PPO ratio clip above 1.")
+    dual_clip: float = Field(3.0, gt=1, description="Dual-clip constant C for negative advantages.")
+    agg: Literal["token-mean", "seq-mean-token-mean"] = Field(
+        "token-mean", description="Loss aggregation: token-mean (release) or seq-mean-token-mean "
+                                  "(the paper's equation).")
+    negative_only: bool = Field(False, description="Reweight only responses with A < 0.")
+    opsd_divergence: Literal["jsd", "reverse_kl", "forward_kl", "sampled"] = Field(
+        "jsd", description="OPSD divergence over the vocabulary, or 'sampled' (per-token "
+                           "advantage log P_T - log P_S on the sampled token).")
+    opsd_beta: float = Field(0.5, ge=0, le=1, description="Generalized JSD beta.")
+    opsd_weight: float = Field(1.0, ge=0, description="Weight of the OPSD term in grpo+opsd.")
+
+
+class SchedulerConfig(_Section):
+    name: str = Field("release", description="Magnitude scheduler (lambda, eps_w by step).")
+    options: dict[str, Any] = Field(default_factory=dict, description="Scheduler options.")
+
+
+class TeacherConfig(_Section):
+    mode: Literal["snapshot", "live", "ema"] = Field(
+        "snapshot", description="Teacher weights: a periodically refreshed snapshot, the live "
+                                "policy, or an EMA copy.")
+    sync_every: int = Field(10, ge=1, description="Snapshot refresh period in steps.")
+    ema_decay: float = Field(0.99, gt=0, lt=1, description="EMA decay (mode ema).")
+
+
+class OptimConfig(_Section):
+    lr: float = Field(1e-4, gt=0, description="AdamW learning rate.")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
+    grad_clip: float = Field(1.0, gt=0, description="Gradient-norm clip.")
+    ppo_epochs: int = Field(1, ge=1, description="Passes over each rollout batch.")
+    mini_batches: int = Field(1, ge=1, description="Optimizer steps per epoch (the batch is split "
+                                                   "into this many mini-batches).")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches accumulated per optimizer step.")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="Autocast for the policy forward: auto = bf16 on a GPU that supports "
+                            "it, fp32 on CPU.")
+
+
+class EvalConfig(_Section):
+    every: int = Field(10, ge=0, description="Held-out greedy evaluation period in steps "
+                                             "(0: only before and after).")
+    max_new_tokens: int = Field(16, ge=1, description="Response length cap for evaluation.")
+
+
+class LogConfig(_Section):
+    console: bool = Field(True, description="Progress bar and the final table.")
+    jsonl: bool = Field(True, description="metrics.jsonl in the run directory.")
+    plot: bool = Field(True, description="plot.png in the run directory.")
+    tensorboard: Literal["auto", "true", "false"] = Field(
+        "auto", description="TensorBoard event files (auto: when the package is installed).")
+    samples_every: int = Field(10, ge=0, description="Write a few decoded samples every N steps "
+                                                     "to samples.jsonl (0: never).")
+
+
+class TrainConfig(_Section):
+    seed: int = Field(0, description="Seed for torch, task generation and sampling.")
+    steps: int = Field(40, ge=1, description="RL steps (rollout batches).")
+    output_dir: str = Field("runs/{timestamp}",
+                            description="Run directory; {timestamp} is replaced.")
+    checkpoint_every: int = Field(0, ge=0, description="Checkpoint period in steps (0: only "
+                                                       "the final one).")
+    threads: int = Field(0, ge=0, description="torch CPU threads (0: leave torch's choice).")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="Policy model.")
+    warmup: WarmupConfig = Field(default_factory=WarmupConfig, description="Supervised warm-up.")
+    tasks: list[TaskConfig] = Field(default_factory=_default_tasks, min_length=1,
+                                    description="The task suite.")
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig, description="Sampling.")
+    algo: AlgoConfig = Field(default_factory=AlgoConfig, description="Objective.")
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig,
+                                       description="Magnitude schedule.")
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig, description="Self-teacher.")
+    optim: OptimConfig = Field(default_factory=OptimConfig, description="Optimizer.")
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="Held-out evaluation.")
+    log: LogConfig = Field(default_factory=LogConfig, description="Observers.")
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        names = [t.name for t in self.tasks]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"task names must be unique; repeated: {dupes}")
+        return self
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+# --- help: every field with its default, generated from the models -----------------------------
+
+def _section_type(annotation) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return None
+
+
+def iter_fields(model: type[BaseModel] = TrainConfig, prefix: str = "") -> Iterator[tuple[str, Any, str, Any]]:
+    """(dotted name, annotation, description, default) of every leaf field, in declaration order."""
+    for name, info in model.model_fields.items():
+        dotted = prefix + name
+        section = _section_type(info.annotation)
+        if section is not None:
+            yield from iter_fields(section, dotted + ".")
+            continue
+        default = info.get_default(call_default_factory=True)
+        if isinstance(default, list) and default and isinstance(default[0], BaseModel):
+            default = [d.model_dump(exclude_defaults=True) for d in default]
+        yield dotted, info.annotation, info.description or "", default
+
+
+def type_name(annotation) -> str:
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        return "|".join(str(a) for a in typing.get_args(annotation))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(type_name(a) for a in typing.get_args(annotation))
+    if annotation is type(None):
+        return "null"
+    if origin is not None:
+        return getattr(origin, "__name__", str(origin))
+    return getattr(annotation, "__name__", str(annotation))
+
+
+# --- building: defaults <- YAML <- overrides ----------------------------------------------------
+
+def parse_value(text: str) -> Any:
+    """A command-line value, read as YAML so 1e-4, true, [1, 2] and {a: 1} get their types."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node: Any = tree
+    for i, part in enumerate(parts[:-1]):
+        nxt = parts[i + 1]
+        if isinstance(node, list):
+            idx = _list_index(node, part, parts[:i + 1])
+            node = node[idx]
+            continue
+        if part not in node or node[part] is None:
+            node[part] = [] if nxt.isdigit() else {}
+        node = node[part]
+    last = parts[-1]
+    if isinstance(node, list):
+        node[_list_index(node, last, parts)] = value
+    else:
+        node[last] = value
+
+
+def _list_index(node: list, part: str, where: list[str]) -> int:
+    if not part.isdigit():
+        raise ConfigError(f"{'.'.join(where)}: expected a list index (0..{len(node) - 1}) after "
+                          f"{'.'.join(where[:-1])!r}, got {part!r}")
+    idx = int(part)
+    if idx >= len(node):
+        if idx == len(node):  # appending one entry at a time is allowed
+            node.append({})
+        else:
+            raise ConfigError(f"{'.'.join(where)}: index {idx} is past the end of a list of "
+                              f"{len(node)}")
+    return idx
+
+
+def load_yaml(path: str | Path) -> dict:
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {str(p)!r} is not valid YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(p)!r} must hold a mapping at the top level, "
+                          f"got {type(data).__name__}")
+    return data
+
+
+def build_config(yaml_path: str | Path | None = None,
+                 overrides: list[tuple[str, Any]] | None = None) -> TrainConfig:
+    """Defaults <- YAML <- overrides (dotted keys, values already parsed), then validate."""
+    tree = TrainConfig().model_dump(mode="python")
+    if yaml_path is not None:
+        loaded = load_yaml(yaml_path)
+        _merge(tree, loaded)
+    for dotted, value in overrides or []:
+        _set_dotted(tree, dotted, value)
+    try:
+        return TrainConfig.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(format_errors(exc)) from None
+
+
+def _merge(base: dict, new: dict) -> None:
+    """Deep-merge mappings; lists (the task suite) replace the default wholesale."""
+    for key, value in new.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict) and key not in (
+                "options", "engine_options", "verifier_options", "injector_options"):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+
+
+# --- error messages ------------------------------------------------------------------------------
+
+def _loc(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    """The section model that owns the last element of `loc` (None if not a section)."""
+    model: Any = TrainConfig
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        info = model.model_fields.get(part)
+        if info is None:
+            return None
+        ann = info.annotation
+        if typing.get_origin(ann) is list:
+            ann = typing.get_args(ann)[0]
+        if _section_type(ann) is None:
+            return None
+        model = ann
+    return model
+
+
+def suggest_key(loc: tuple) -> str | None:
+    """The nearest valid key to an unknown one, as a dotted path, or None."""
+    model = _model_at(loc)
+    if model is None:
+        return None
+    bad = str(loc[-1])
+    valid = list(model.model_fields)
+    close = difflib.get_close_matches(bad, valid, n=1, cutoff=0.5)
+    if close:
+        return _loc(loc[:-1] + (close[0],))
+    # A leaf placed at the wrong level (e.g. `lr:` at the top): look for it in every section.
+    homes = [dotted for dotted, *_ in iter_fields() if dotted.rsplit(".", 1)[-1] == bad]
+    return " or ".join(homes) if homes else None
+
+
+def format_errors(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        where = _loc(err["loc"]) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            hint = suggest_key(err["loc"])
+            model = _model_at(err["loc"])
+            valid = ", ".join(model.model_fields) if model is not None else ""
+            msg = f"{where}: unknown key"
+            msg += ("; did you mean " + " or ".join(f"'{h}'" for h in hint.split(" or ")) + "?"
+                    if hint else ".")
+            if valid:
+                msg += f" Valid keys here: {valid}."
+            lines.append(msg)
+            continue
+        got = err.get("input")
+        shown = "" if isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"{where}: {err['msg']}{shown}")
+    return "invalid config:\n  " + "\n  ".join(lines) + "\nSee `rlsd train --help` for every field."
+
+
+# --- plugin names --------------------------------------------------------------------------------
+
+def check_plugins(cfg: TrainConfig, registry) -> None:
+    """Every verifier, injector, scheduler and task source the config names must be installed;
+    scheduler options are tried by building the scheduler once. Raises ConfigError naming the
+    field and listing what is installed."""
+    from .plugins import UnknownNameError
+    from .tasks import BUILTIN
+
+    problems = []
+
+    def need(kind: str, name: str, where: str):
+        try:
+            return registry.get(kind, name)
+        except UnknownNameError as exc:
+            problems.append(f"{where}: {exc}")
+            return None
+
+    for i, task in enumerate(cfg.tasks):
+        default_verifier, default_injector = "exact_match", "reference_answer"
+        if task.path is None and task.source in BUILTIN:
+            _, default_verifier, default_injector = BUILTIN[task.source]
+        elif task.path is None:
+            rec = need("task_source", task.source, f"tasks[{i}].source")
+            if rec is not None:
+                default_verifier, default_injector = rec.verifier, rec.injector
+        need("verifier", task.verifier or default_verifier, f"tasks[{i}].verifier")
+        need("injector", task.injector or default_injector, f"tasks[{i}].injector")
+    rec = need("scheduler", cfg.scheduler.name, "scheduler.name")
+    if rec is not None:
+        try:
+            rec.fn(**cfg.scheduler.options)
+        except (TypeError, ValueError) as exc:
+            problems.append(f"scheduler.options: scheduler {cfg.scheduler.name!r} rejects "
+                            f"{cfg.scheduler.options!r}: {exc}")
+    if problems:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(problems))

@@ -1,0 +1,170 @@
+"""The supervised warm-up: teaches an untrained model the task format before RL, cached on disk.
+
+Data flow: the built-in task rows (prompt, target) -> chat-templated prompts, a fraction of them
+the teacher's privileged prompts built by each task's own injector -> teacher-forced
+cross-entropy on the target tokens only -> an ordinary Hugging Face model directory under
+`~/.cache/rlsd/warmup-<hash>` (or $RLSD_CACHE), which the trainer then loads as its policy.
+
+Why the privileged prompts: the self-teacher is the same network reading a prompt it has never
+seen. A warm-up that only ever saw student prompts makes that prompt out of distribution and the
+teacher harmful (measured on this model family: greedy accuracy with the hint fell from 46% to
+0.5%, and ~50% of evidence weights were clipped by the sign of A alone). Mixing ~25% privileged
+prompts into the warm-up keeps the teacher in distribution, so delta = log P_T - log P_S carries
+per-token information (see shared/spec/environment.md, "reference experiment").
+
+The cache key is a content hash of everything that decides the result: the base model's files,
+the warm-up settings, the task settings and the exact text of a sample of rendered student and
+teacher prompts (so an edited template or injector gives a new cache entry, never a stale one).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from .tasks import render_prompt, student_messages
+from .tiny import cache_root
+
+WARMUP_VERSION = 1
+
+
+def build_examples(tasks, tokenizer, teacher_messages: Callable[[str, dict], list[dict]], *,
+                   privileged_fraction: float, seed: int) -> list[tuple[list[int], list[int]]]:
+    """(prompt ids, target ids + eos) for every training row of every task, some privileged.
+
+    `teacher_messages(task_name, row)` builds the teacher prompt with that task's injector.
+    """
+    rng = random.Random(seed)
+    eos = tokenizer.eos_token_id
+    examples = []
+    for task in tasks:
+        for row in task.train:
+            if "target" not in row:
+                raise ValueError(
+                    f"warm-up: task {task.name!r} rows have no 'target' column (the response to "
+                    f"imitate). Warm-up only works on tasks that provide one (the built-ins do); "
+                    f"set warmup.enabled=false for this suite.")
+            if rng.random() < privileged_fraction:
+                messages = teacher_messages(task.name, row)
+            else:
+                messages = student_messages(row)
+            prompt = render_prompt(tokenizer, messages)
+            target = tokenizer.encode(row["target"], add_special_tokens=False) + [eos]
+            examples.append((prompt, target))
+    rng.shuffle(examples)
+    return examples
+
+
+def cache_key(base_dir: Path, settings: dict, samples: Sequence[str]) -> str:
+    h = hashlib.sha256()
+    h.update(f"warmup-v{WARMUP_VERSION}".encode())
+    for name in sorted(os.listdir(base_dir)):
+        path = base_dir / name
+        if path.is_file():
+            h.update(name.encode())
+            h.update(path.read_bytes())
+    h.update(json.dumps(settings, sort_keys=True, default=str).encode())
+    for text in samples:
+        h.update(text.encode())
+    return h.hexdigest()[:16]
+
+
+def _batch(examples, pad_id: int):
+    """Right-padded input ids, attention mask and labels (-100 outside the target)."""
+    length = max(len(p) + len(t) for p, t in examples)
+    ids = torch.full((len(examples), length), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), length), -100, dtype=torch.long)
+    attn = torch.zeros((len(examples), length), dtype=torch.long)
+    for i, (p, t) in enumerate(examples):
+        seq = p + t
+        ids[i, : len(seq)] = torch.tensor(seq)
+        attn[i, : len(seq)] = 1
+        labels[i, len(p): len(seq)] = torch.tensor(t)
+    return ids, attn, labels
+
+
+def train_supervised(model, examples, *, steps: int, batch_size: int, lr: float, seed: int,
+                     pad_id: int, on_step: Callable[[int, int, float], None] | None = None) -> list[float]:
+    """Teacher-forced cross-entropy on target tokens; AdamW, linear warm-up then cosine decay."""
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
+    ramp = max(1, steps // 20)
+
+    def lr_at(step: int) -> float:
+        if step < ramp:
+            return (step + 1) / ramp
+        progress = (step - ramp) / max(1, steps - ramp)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    model.train()
+    losses = []
+    order: list[int] = []
+    for step in range(steps):
+        if len(order) < batch_size:  # epochs over a fresh deterministic permutation
+            perm = list(range(len(examples)))
+            rng.shuffle(perm)
+            order.extend(perm)
+        picked = [examples[j] for j in order[:batch_size]]
+        del order[:batch_size]
+        ids, attn, labels = _batch(picked, pad_id)
+        out = model(input_ids=ids, attention_mask=attn, labels=labels)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(float(out.loss))
+        if on_step is not None:
+            on_step(step + 1, steps, losses[-1])
+    model.eval()
+    return losses
+
+
+def warmed_up_dir(base_dir: Path, tasks, teacher_messages, cfg, *, seed: int,
+                  on_step=None, on_cached: Callable[[Path], None] | None = None) -> Path:
+    """Return the directory of the warmed-up model, training it first if it is not cached.
+
+    `cfg` is `rlsd_core.config.WarmupConfig`. Writes atomically (temporary directory + rename)
+    so an interrupted warm-up never leaves a half-written cache entry.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    examples = build_examples(tasks, tokenizer, teacher_messages,
+                              privileged_fraction=cfg.privileged_fraction, seed=seed)
+    settings = {"warmup": cfg.model_dump(), "seed": seed,
+                "tasks": [(t.name, len(t.train), t.train[:3], t.eval[:3]) for t in tasks]}
+    samples = [tokenizer.decode(p + t) for p, t in examples[:16]]
+    out = cache_root() / f"warmup-{cache_key(base_dir, settings, samples)}"
+    if (out / "config.json").exists():
+        if on_cached is not None:
+            on_cached(out)
+        return out
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    started = time.perf_counter()
+    losses = train_supervised(model, examples, steps=cfg.steps, batch_size=cfg.batch_size,
+                              lr=cfg.lr, seed=seed, pad_id=tokenizer.pad_token_id, on_step=on_step)
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "warmup.json").write_text(json.dumps({
+        "settings": settings, "final_loss": losses[-1] if losses else None,
+        "seconds": round(time.perf_counter() - started, 1), "examples": len(examples)},
+        indent=1, default=str))
+    try:
+        tmp.replace(out)
+    except OSError:  # a concurrent run finished the same warm-up first; its copy is identical
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
