@@ -231,9 +231,16 @@ def type_name(annotation) -> str:
 def parse_value(text: str) -> Any:
     """A command-line value, read as YAML so 1e-4, true, [1, 2] and {a: 1} get their types."""
     try:
-        return yaml.safe_load(text)
+        value = yaml.safe_load(text)
     except yaml.YAMLError:
         return text
+    if isinstance(value, str):
+        # YAML 1.1 reads "1e-4" (no dot) as a string; a learning rate is written that way.
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
 
 
 def _set_dotted(tree: dict, dotted: str, value: Any) -> None:

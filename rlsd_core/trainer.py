@@ -439,29 +439,35 @@ def optimize(run: Run, prompt_ids, response_ids, old_logprobs, token_adv, mask,
                                          return_logits=teacher_logits is not None)
                 T = cur.logprobs.shape[1]
                 m = mask[micro][:, :T]
-                loss = torch.zeros((), device=cur.logprobs.device)
+                old_mb, adv_mb = old_logprobs[micro][:, :T], token_adv[micro][:, :T]
                 part: dict[str, float] = {}
-                if loss_kind != "opsd" or cfg.algo.opsd_divergence == "sampled":
-                    pg, part = algo.policy_loss(
-                        cur.logprobs, old_logprobs[micro][:, :T], token_adv[micro][:, :T], m,
-                        eps_low=cfg.algo.eps_low, eps_high=cfg.algo.eps_high,
-                        dual_clip=cfg.algo.dual_clip, agg=agg, denominator=denom)
-                    loss = loss + pg
-                if loss_kind in ("opsd", "grpo+opsd"):
+                # The clipped surrogate: rlsd, grpo, the GRPO half of grpo+opsd, and sampled-token
+                # OPSD (whose token_adv is log P_T - log P_S).
+                if not (loss_kind == "opsd" and teacher_logits is not None):
+                    loss, part = algo.policy_loss(
+                        cur.logprobs, old_mb, adv_mb, m, eps_low=cfg.algo.eps_low,
+                        eps_high=cfg.algo.eps_high, dual_clip=cfg.algo.dual_clip, agg=agg,
+                        denominator=denom)
+                # The distillation term: full-vocabulary OPSD, or grpo+opsd's second half.
+                if loss_kind == "opsd" and teacher_logits is not None:
+                    loss, part = algo.opsd_loss(cur.logits, teacher_logits[micro][:, :T], m,
+                                                divergence=cfg.algo.opsd_divergence,
+                                                beta=cfg.algo.opsd_beta, agg=agg, denominator=denom)
+                elif loss_kind == "grpo+opsd":
                     if teacher_logits is not None:
                         od, ostats = algo.opsd_loss(cur.logits, teacher_logits[micro][:, :T], m,
                                                     divergence=cfg.algo.opsd_divergence,
                                                     beta=cfg.algo.opsd_beta, agg=agg, denominator=denom)
-                    else:  # grpo+opsd with the sampled-token OPSD term
+                    else:
                         sampled = algo.opsd_sampled_token_advantages(
-                            teacher_lp_for_sampled_opsd[micro][:, :T], old_logprobs[micro][:, :T], m)
-                        od, ostats = algo.policy_loss(cur.logprobs, old_logprobs[micro][:, :T],
-                                                      sampled, m, agg=agg, denominator=denom)
+                            teacher_lp_for_sampled_opsd[micro][:, :T], old_mb, m)
+                        od, ostats = algo.policy_loss(cur.logprobs, old_mb, sampled, m, agg=agg,
+                                                      denominator=denom)
                         ostats = {"opsd_loss": ostats["pg_loss"]}
-                    coef = cfg.algo.opsd_weight if loss_kind == "grpo+opsd" else 1.0
-                    loss = loss + coef * od
+                    loss = algo.grpo_plus_opsd(loss, od, opsd_coef=cfg.algo.opsd_weight)
                     part = {**part, **ostats}
-                loss.backward()
+                if loss.requires_grad:  # False only when every response is empty
+                    loss.backward()
                 for k, v in part.items():
                     # Summed micro-batch losses are the mini-batch loss; ratios and fractions are
                     # averaged over micro-batches.

@@ -92,6 +92,21 @@ def _batch(examples, pad_id: int):
     return ids, attn, labels
 
 
+def _bucketed_batches(examples, batch_size: int, rng: random.Random) -> list[list[int]]:
+    """One epoch of batches of similar length (privileged prompts are about twice as long as
+    student prompts; mixing them would pad every batch to the long ones), in random order."""
+    order = list(range(len(examples)))
+    rng.shuffle(order)
+    batches = []
+    pool = 16 * batch_size
+    for start in range(0, len(order), pool):
+        chunk = sorted(order[start:start + pool], key=lambda j: len(examples[j][0]) + len(examples[j][1]))
+        batches.extend(chunk[k:k + batch_size] for k in range(0, len(chunk), batch_size))
+    batches = [b for b in batches if len(b) == batch_size] or batches
+    rng.shuffle(batches)
+    return batches
+
+
 def train_supervised(model, examples, *, steps: int, batch_size: int, lr: float, seed: int,
                      pad_id: int, on_step: Callable[[int, int, float], None] | None = None) -> list[float]:
     """Teacher-forced cross-entropy on target tokens; AdamW, linear warm-up then cosine decay."""
@@ -109,14 +124,11 @@ def train_supervised(model, examples, *, steps: int, batch_size: int, lr: float,
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     model.train()
     losses = []
-    order: list[int] = []
+    batches: list[list[int]] = []
     for step in range(steps):
-        if len(order) < batch_size:  # epochs over a fresh deterministic permutation
-            perm = list(range(len(examples)))
-            rng.shuffle(perm)
-            order.extend(perm)
-        picked = [examples[j] for j in order[:batch_size]]
-        del order[:batch_size]
+        if not batches:
+            batches = _bucketed_batches(examples, batch_size, rng)
+        picked = [examples[j] for j in batches.pop()]
         ids, attn, labels = _batch(picked, pad_id)
         out = model(input_ids=ids, attention_mask=attn, labels=labels)
         out.loss.backward()
@@ -124,7 +136,7 @@ def train_supervised(model, examples, *, steps: int, batch_size: int, lr: float,
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        losses.append(float(out.loss))
+        losses.append(out.loss.item())
         if on_step is not None:
             on_step(step + 1, steps, losses[-1])
     model.eval()
