@@ -17,7 +17,6 @@ import math
 import os
 import signal
 import socket
-import subprocess
 import textwrap
 import threading
 import time

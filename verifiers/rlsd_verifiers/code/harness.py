@@ -485,8 +485,6 @@ class FunctionJudge(Judge):
         self._test_source = job["test"]
         deadline = min(time.monotonic() + job["test_timeout"], self.sample_deadline)
         result = {"status": "pass", "message": ""}
-        killed = False
-        status = None
         last = {"call": None, "got": None}
         try:
             try:
@@ -526,7 +524,6 @@ class FunctionJudge(Judge):
                 raise _Fail("wrong_answer", self._failure_message(exc, last)) from None
         except _Fail as fail:
             if fail.status == "timeout":
-                killed = True
                 self.kill_all(pid)
             if fail.status == "*died":
                 status = self.reap(pid, time.monotonic() + 1.0)

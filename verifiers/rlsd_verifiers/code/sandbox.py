@@ -727,7 +727,6 @@ def _interpret(result: bytes, log_tail: bytes, reason: str | None, oom: bool, sb
 def _drive(sb: _Sandbox, job_bytes: bytes, deadline: float, limits: Limits) -> tuple[bytes, bytes, str | None]:
     """Feed the job, collect the result and a capped log, until the result is complete or a
     limit is hit (then the sandbox is killed). Returns (result bytes, log tail, reason or None)."""
-    proc = sb.proc
     result = bytearray()
     log_buf = bytearray()
     log_total = 0
