@@ -159,6 +159,14 @@ def settle(before: dict, within: float = 2.0) -> dict:
         time.sleep(0.05)
 
 
+def assert_host_unchanged(before: dict) -> None:
+    after = settle(before)
+    assert after["nobody"] <= before["nobody"], sorted(after["nobody"] - before["nobody"])
+    assert after["children"] <= before["children"], sorted(after["children"] - before["children"])
+    for key in ("fds", "tmp", "home", "project"):
+        assert after[key] == before[key], (key, before[key], after[key])
+
+
 @pytest.fixture(scope="module")
 def host(tmp_path_factory):
     h = Host(tmp_path_factory.mktemp("codehost"))
@@ -627,6 +635,22 @@ def test_refuses_without_bubblewrap_with_install_help():
     assert v.category is Category.SANDBOX_ERROR and v.is_infra and "bubblewrap" in v.message
 
 
+def test_refuses_when_user_namespaces_are_blocked():
+    import tempfile
+
+    # A stand-in for bubblewrap on a kernel without unprivileged user namespaces, where uid
+    # 65534 (which runs bwrap on a root host) can execute it.
+    with tempfile.TemporaryDirectory(prefix="rlsd-test-bwrap-") as d:
+        os.chmod(d, 0o755)
+        fake = Path(d) / "bwrap"
+        fake.write_text("#!/bin/sh\necho 'bwrap: No permissions to creating new namespace' >&2\nexit 1\n")
+        fake.chmod(0o755)
+        with pytest.raises(sandbox.SandboxUnavailable) as info:
+            sandbox.check_sandbox(bwrap=str(fake))
+    msg = str(info.value)
+    assert "No permissions" in msg and "user namespaces" in msg and "sandbox='degraded'" in msg
+
+
 def test_refuses_an_interpreter_the_sandbox_uid_cannot_read(tmp_path):
     if os.geteuid() != 0 or not HAVE_BWRAP:
         pytest.skip("needs root and bubblewrap")
@@ -701,18 +725,26 @@ def test_G01_candidate_raises_anything_batch_goes_on():
              "class E(BaseException):\n    pass\ndef add(a, b):\n    raise E()\n",
              "raise KeyboardInterrupt\n",
              "    return a + b\n"]
+    before = snapshot()
     with VerifierRuntime(codever.RECORD, G_OPTS, workers=2) as rt:
+        t0 = time.monotonic()
         out = rt.score(progs, [ADD_ROW] * len(progs))
+        assert time.monotonic() - t0 < BUDGET_S * len(progs) / 2
     assert [v.category for v in out[:5]] == [Category.RUNTIME_ERROR] * 5, out
-    assert out[5].reward == 1.0
+    assert [v.reward for v in out] == [0.0] * 5 + [1.0]
+    assert_host_unchanged(before)
 
 
 @needs_bwrap
 def test_G02_odd_return_values_are_wrong_answers_never_broadcast():
     values = ["None", "float('nan')", "float('inf')", "-0.5", "1.5", "'3'", "(3, 3)", "[3]", "True"]
     progs = [f"def add(a, b):\n    return {v}\n" for v in values] + ["    return a + b\n"]
+    before = snapshot()
     with VerifierRuntime(codever.RECORD, G_OPTS, workers=2) as rt:
+        t0 = time.monotonic()
         out = rt.score(progs, [ADD_ROW] * len(progs))
+        assert time.monotonic() - t0 < BUDGET_S * len(progs) / 2
+    assert_host_unchanged(before)
     assert len(out) == len(progs)
     assert all(v.reward == 0.0 and v.category is Category.WRONG_ANSWER for v in out[:-1]), out
     assert out[-1].reward == 1.0 and all(math.isfinite(v.reward) for v in out)
@@ -734,8 +766,7 @@ def test_G03_worker_killed_mid_call(host):
         assert result["v"].category in (Category.CRASH, Category.SANDBOX_ERROR), result
         assert rt.score(["    return a + b\n"], [ADD_ROW])[0].reward == 1.0
     # The killed worker's sandbox died with it (--die-with-parent): nothing survives.
-    after = settle(before)
-    assert after["nobody"] <= before["nobody"] and after["children"] <= before["children"]
+    assert_host_unchanged(before)
 
 
 SOAK_PROGRAMS = [
