@@ -1,0 +1,142 @@
+"""Benchmark: rlsd's math verifier vs Math-Verify 0.9.0, both under the same hard deadline.
+
+    python bench/verifiers.py [--workers 2] [--timeout 5] [--items-per-task 4]
+
+Both verifiers run through rlsd_core.runtime.VerifierRuntime (the way a trainer must run them
+to be safe): the same worker count, the same per-sample wall-clock deadline, the cache off.
+On the reasoning-gym labeled set (tests/math_labeled.py) it reports accuracy with false
+positives and false negatives apart, items per second, and the peak RSS of the worker
+processes; then rlsd's reward-cache hit rate and throughput on grouped samples (8 per prompt,
+as in GRPO-style training). Prints one table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sys
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [HERE, os.path.join(os.path.dirname(HERE), "tests")]
+
+import psutil  # noqa: E402
+
+import math_labeled  # noqa: E402
+from _mathverify import RECORD as MV_RECORD  # noqa: E402
+from rlsd_core.runtime import VerifierRuntime  # noqa: E402
+from rlsd_verifiers.math import RECORD as RLSD_RECORD  # noqa: E402
+
+
+class PeakRSS:
+    """Samples the RSS of the runtime's worker processes every 20 ms."""
+
+    def __init__(self, runtime: VerifierRuntime) -> None:
+        self.runtime = runtime
+        self.peak = 0
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for pid in self.runtime.worker_pids():
+                try:
+                    self.peak = max(self.peak, psutil.Process(pid).memory_info().rss)
+                except psutil.Error:
+                    pass
+            self._stop.wait(0.02)
+
+    def __enter__(self):
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+
+
+def run(record, cases, *, workers, timeout, cache):
+    rows = [{"answer": c["gold"]} for c in cases]
+    completions = [c["completion"] for c in cases]
+    with VerifierRuntime(record, workers=workers, timeout=timeout, cache=cache) as rt:
+        rt.wait_ready(120)
+        warm = math_labeled.build(items_per_task=1, seed=1)  # different items: imports, JIT-free warm-up
+        rt.score([c["completion"] for c in warm], [{"answer": c["gold"]} for c in warm])
+        rt.clear_cache()
+        base = rt.stats
+        with PeakRSS(rt) as rss:
+            t0 = time.perf_counter()
+            out = rt.score(completions, rows)
+            elapsed = time.perf_counter() - t0
+        stats = rt.stats
+    fp = sum(1 for c, v in zip(cases, out) if v.reward == 1.0 and not c["expected"])
+    fn = sum(1 for c, v in zip(cases, out) if v.reward != 1.0 and c["expected"])
+    infra = {k: stats[k] - base[k] for k in ("timeouts", "crashes", "verifier_errors")}
+    return {
+        "accuracy": 1 - (fp + fn) / len(cases), "fp": fp, "fn": fn, "items_s": len(cases) / elapsed,
+        "rss_mb": rss.peak / 2**20, "hit_rate": (stats["cache_hits"] - base["cache_hits"]) / max(
+            1, stats["cache_lookups"] - base["cache_lookups"]), **infra,
+        "wrong": [(c["task"], c["tag"], c["completion"][:50], c["gold"][:30])
+                  for c, v in zip(cases, out) if (v.reward == 1.0) != c["expected"]],
+    }
+
+
+def grouped(cases, group_size=8, seed=0):
+    """8 samples per prompt: each prompt's samples are drawn from its labeled completions."""
+    rng = random.Random(seed)
+    by_gold: dict = {}
+    for c in cases:
+        by_gold.setdefault((c["task"], c["gold"]), []).append(c)
+    out = []
+    for key in sorted(by_gold, key=str):
+        pool = by_gold[key]
+        # a policy repeats itself: a few distinct answers, most samples agreeing
+        common = rng.sample(pool, k=min(3, len(pool)))
+        out += [rng.choice(common[:1] * 5 + common) for _ in range(group_size)]
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--timeout", type=float, default=5.0)
+    ap.add_argument("--items-per-task", type=int, default=math_labeled.ITEMS_PER_TASK)
+    ap.add_argument("--show-errors", action="store_true")
+    args = ap.parse_args(argv)
+
+    cases = math_labeled.build(items_per_task=args.items_per_task)
+    groups = grouped(cases)
+    print(f"labeled set: {len(cases)} cases ({sum(c['expected'] for c in cases)} equivalent, "
+          f"{sum(not c['expected'] for c in cases)} near misses) from {len(math_labeled.TASKS)} "
+          f"reasoning-gym tasks; {args.workers} workers, {args.timeout:g} s hard deadline per "
+          f"sample, {os.cpu_count()} cores", flush=True)
+    results = {}
+    for name, rec in (("Math-Verify 0.9.0", MV_RECORD), ("rlsd math", RLSD_RECORD)):
+        results[name] = run(rec, cases, workers=args.workers, timeout=args.timeout, cache=0)
+    g_mv = run(MV_RECORD, groups, workers=args.workers, timeout=args.timeout, cache=0)
+    g_rlsd = run(RLSD_RECORD, groups, workers=args.workers, timeout=args.timeout, cache=100_000)
+
+    head = f"{'verifier':<20}{'accuracy':>9}{'FP':>5}{'FN':>5}{'items/s':>10}{'peak RSS':>11}{'timeouts':>10}{'crashes':>9}"
+    print()
+    print(head)
+    print("-" * len(head))
+    for name, r in results.items():
+        print(f"{name:<20}{r['accuracy']:>9.1%}{r['fp']:>5}{r['fn']:>5}{r['items_s']:>10.0f}"
+              f"{r['rss_mb']:>8.0f} MB{r['timeouts']:>10}{r['crashes']:>9}")
+    mv, me = results["Math-Verify 0.9.0"], results["rlsd math"]
+    print(f"\nthroughput rlsd / Math-Verify: {me['items_s'] / mv['items_s']:.1f}x")
+    print(f"\ngrouped samples ({len(groups)} = {len(groups) // 8} prompts x 8):")
+    print(f"  Math-Verify (no cache)      {g_mv['items_s']:>8.0f} items/s   accuracy {g_mv['accuracy']:.1%}")
+    print(f"  rlsd math with reward cache {g_rlsd['items_s']:>8.0f} items/s   accuracy "
+          f"{g_rlsd['accuracy']:.1%}   cache hit rate {g_rlsd['hit_rate']:.1%}")
+    if args.show_errors:
+        for name, r in results.items():
+            for w in r["wrong"]:
+                print(f"  {name}: {w}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

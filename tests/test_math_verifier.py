@@ -1,0 +1,315 @@
+"""The math verifier: battery M01-M15, the G04 soak, and the reasoning-gym labeled set.
+
+Battery cases go through the real runtime (worker processes, hard deadline, cache off so that
+every call really parses). Each asserts reward, category, the time budget (the verifier's
+deadline + 1 s, or the tighter bound the battery names) and the host state afterwards.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+
+import pytest
+
+import math_labeled
+from hoststate import assert_restored, private_tmp, snapshot  # noqa: F401 - autouse fixture
+from rlsd_core import Category
+from rlsd_core.runtime import VerifierRuntime
+from rlsd_verifiers.math import RECORD, score_one
+from rlsd_verifiers.math.answers import answer_key, extract
+
+BUDGET = RECORD.time_budget_s + 1.0
+
+
+@pytest.fixture(scope="module")
+def rt():
+    with VerifierRuntime(RECORD, workers=2, cache=0) as runtime:
+        assert runtime.wait_ready(120)
+        runtime.score(["\\boxed{x+1}", "\\boxed{1}"], [{"answer": "1+x"}, {"answer": "1"}])  # warm
+        yield runtime
+
+
+def check(runtime, completion, gold, reward, categories, budget=BUDGET):
+    """Score one case through the runtime and assert verdict, time and host state."""
+    if isinstance(categories, Category):
+        categories = (categories,)
+    before = snapshot()
+    t0 = time.monotonic()
+    (v,) = runtime.score([completion], [{"answer": gold}])
+    elapsed = time.monotonic() - t0
+    assert v.category in categories, (v.category, v.message)
+    assert v.reward == reward, v
+    assert elapsed < budget, f"took {elapsed:.2f} s (budget {budget} s)"
+    assert_restored(before)
+    return v
+
+
+# -- M01-M15 ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("value", [None, b"\\boxed{3}", 3, {"a": 1}, ["3"]])
+def test_m01_non_str_is_invalid_input(rt, value):
+    check(rt, value, "3", 0.0, Category.INVALID_INPUT)
+
+
+@pytest.mark.parametrize("text", ["", "   \n\t", "\\boxed{}", "\\boxed{ }", "no digits here"])
+def test_m02_empty_is_no_answer(rt, text):
+    check(rt, text, "3", 0.0, Category.NO_ANSWER)
+
+
+def test_m03_megabyte_of_digits_is_input_too_large_fast(rt):
+    check(rt, "1" * 1_000_000, "3", 0.0, Category.INPUT_TOO_LARGE, budget=0.05)
+
+
+def test_m04_megabyte_of_prose_keeps_the_boxed_tail(rt):
+    prose = "We think about this carefully. " * 35_000
+    check(rt, prose + "\\boxed{3}", "3", 1.0, Category.OK)
+
+
+@pytest.mark.parametrize("completion", ["\\boxed{" * 500 + "3" + "}" * 500,
+                                        "\\boxed{" + "(" * 5000 + "1" + ")" * 5000 + "}",
+                                        "The final answer is " + "(" * 5000 + "1" + ")" * 5000])
+def test_m05_deep_nesting_is_parse_error(rt, completion):
+    check(rt, completion, "1", 0.0, Category.PARSE_ERROR)
+
+
+def test_m06_unbalanced_fracs_are_parse_error(rt):
+    check(rt, "\\boxed{" + "\\frac{" * 1000, "1", 0.0, Category.PARSE_ERROR)
+    check(rt, "The final answer is " + "\\frac{" * 1000, "1", 0.0, Category.PARSE_ERROR)
+
+
+def test_m07_power_tower_is_wrong_within_budget(rt):
+    tower = r"\boxed{\dfrac{5^{(5^{(5^{(5^5)})}-4)}-5}{16}}"
+    v = check(rt, tower, "3", 0.0, (Category.WRONG_ANSWER, Category.TIMEOUT))
+    assert len(v.message) < 200  # built from the input text, never from the sympy object
+
+
+@pytest.mark.parametrize("answer,gold,reward", [
+    (r"10^{10^{10}}", r"10^{10^{10}}", 1.0),
+    (r"10^{10^{10}}+1", r"10^{10^{10}}", 0.0),
+    (r"9^{9^{9}}", r"9^{9^{9}}", 1.0),
+    (r"9^{387420489}", r"9^{9^{9}}", 1.0),
+    (r"9^{9^{9}}-1", r"9^{9^{9}}", 0.0),
+    (r"1000000!", r"1000000!", 1.0),
+    (r"999999!", r"1000000!", 0.0),
+    (r"\sum_{k=1}^{10^{10}} k", "50000000005000000000", 1.0),
+    (r"\sum_{k=1}^{10^{10}} k", "50000000005000000001", 0.0),
+])
+def test_m08_huge_values_get_correct_verdicts_fast(rt, answer, gold, reward):
+    check(rt, f"\\boxed{{{answer}}}", gold, reward,
+          Category.OK if reward else Category.WRONG_ANSWER, budget=1.0)
+
+
+def test_m09_five_thousand_digit_integer(rt):
+    big = "7" + "3" * 4999
+    check(rt, f"\\boxed{{{big}}}", big, 1.0, Category.OK)
+    check(rt, f"\\boxed{{{big[:-1]}4}}", big, 0.0, Category.WRONG_ANSWER)
+
+
+@pytest.mark.parametrize("completion", [
+    "\\boxed{\uff11\uff12}",            # full-width digits
+    "\\boxed{1\u200b2}",                # zero-width space
+    "\u202e\\boxed{12}\u202c",          # right-to-left override
+    "\\boxed{\u221212}",                # U+2212 minus (gold -12 below)
+])
+def test_m10_unicode_normalisation_policy(rt, completion):
+    gold = "-12" if "\u2212" in completion else "12"
+    check(rt, completion, gold, 1.0, Category.OK)
+
+
+@pytest.mark.parametrize("completion,gold", [
+    ("\\boxed{1}\\boxed{2}", "1"),
+    ("\\boxed{1}\\boxed{2}", "2"),
+    ("The answer is 1 or 2", "1"),
+    ("\\boxed{1 \\text{ or } 2}", "2"),
+    ("\\boxed{1,2,3,4}", "2"),
+])
+def test_m11_hedging_is_wrong(rt, completion, gold):
+    check(rt, completion, gold, 0.0, Category.WRONG_ANSWER)
+
+
+def test_m12_ten_thousand_boxes_take_the_last(rt):
+    check(rt, "\\boxed{1}" * 10_000, "1", 1.0, Category.OK)
+    check(rt, "\\boxed{1} " * 9_999 + "\\boxed{2}", "2", 0.0, Category.WRONG_ANSWER)  # a hedge
+
+
+def test_m13_called_from_a_worker_thread(rt):
+    results = {}
+
+    def work():
+        results["runtime"] = rt.score(["\\boxed{12}"], [{"answer": "12"}])[0]
+        results["direct"] = score_one("\\boxed{x+1}", {"answer": "1+x"})
+
+    t = threading.Thread(target=work)
+    t.start()
+    t.join(60)
+    assert results["runtime"].category is Category.OK
+    assert results["direct"].category is Category.OK
+
+
+@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="needs main thread")
+def test_m14_callers_alarm_still_fires(rt):
+    fired = []
+    old = signal.signal(signal.SIGALRM, lambda *a: fired.append(time.monotonic()))
+    try:
+        t0 = time.monotonic()
+        signal.alarm(3)
+        out = rt.score(["\\boxed{3}", r"\boxed{\dfrac{5^{(5^{(5^{(5^5)})}-4)}-5}{16}}", "\\boxed{x^2}"],
+                       [{"answer": "3"}] * 3)
+        assert out[0].category is Category.OK
+        while not fired and time.monotonic() - t0 < 5:
+            time.sleep(0.05)
+        assert fired and 2.9 < fired[0] - t0 < 4.0
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+@pytest.mark.parametrize("gold", ["\\frac{", "((1", "}{", "\\boxed{", "", None, True, [None]])
+def test_m15_unparsable_gold_is_gold_error(rt, gold):
+    v = check(rt, "\\boxed{3}", gold, 0.0, Category.GOLD_ERROR)
+    assert v.is_infra  # counted apart from the model's errors
+
+
+# -- the rules ------------------------------------------------------------------------------
+@pytest.mark.parametrize("completion,gold,reward", [
+    (r"\boxed{\frac{1}{2}}", "0.5", 1.0),
+    (r"\boxed{0.5}", "1/2", 1.0),
+    (r"\boxed{0.333}", "1/3", 0.0),
+    (r"\boxed{0.3333333}", "1/3", 1.0),
+    (r"\boxed{50\%}", "0.5", 1.0),
+    (r"\boxed{50\%}", "50", 1.0),
+    (r"\boxed{0.5}", "50\\%", 1.0),
+    (r"\boxed{5}", "50\\%", 0.0),
+    (r"\boxed{30^\circ}", r"\frac{\pi}{6}", 1.0),
+    (r"\boxed{30^{\circ}}", "30", 1.0),
+    (r"\boxed{x = 3}", "3", 1.0),
+    (r"\boxed{3}", "x = 3", 1.0),
+    (r"\boxed{y = 2x + 1}", "2x - y + 1 = 0", 1.0),
+    (r"\boxed{y = 2x + 2}", "2x - y + 1 = 0", 0.0),
+    (r"\boxed{(x+1)^2}", "x^2 + 2x + 1", 1.0),
+    (r"\boxed{x^2 + 2x + 2}", "(x+1)^2", 0.0),
+    (r"\boxed{\sqrt{8}}", r"2\sqrt{2}", 1.0),
+    (r"\boxed{\{3, 1, 2\}}", r"\{1, 2, 3\}", 1.0),
+    (r"\boxed{(1, 2)}", r"(2, 1)", 0.0),
+    (r"\boxed{[1, 2)}", r"[1, 2)", 1.0),
+    (r"\boxed{[1, 2]}", r"[1, 2)", 0.0),
+    (r"\boxed{2 \pm \sqrt{3}}", r"2 - \sqrt{3}, 2 + \sqrt{3}", 1.0),
+    (r"\boxed{x = 1 \text{ or } x = 2}", "1, 2", 1.0),
+    (r"\boxed{5 \text{ cm}}", "5", 1.0),
+    (r"\boxed{\$12}", "12", 1.0),
+    (r"\boxed{12 \text{ apples}}", "12", 1.0),
+    (r"\boxed{1,234}", "1234", 1.0),
+    (r"\boxed{(B)}", "B", 1.0),
+    (r"The answer is (C) 12", "B", 0.0),
+    (r"\boxed{\text{Friday}}", "Friday", 1.0),
+    (r"\boxed{x \le 3}", "3 \\ge x", 1.0),
+    (r"\boxed{x^2 + 1}", "3*x**2 + 1", 0.0),
+    (r"\boxed{2 x^{2} + 1}", "2*x**2 + 1", 1.0),
+    (r"\boxed{\sqrt{2}/2}", "sqrt(2)/2", 1.0),
+    (r"\boxed{1.4142136}", r"\sqrt{2}", 1.0),
+    (r"\boxed{1.41}", r"\sqrt{2}", 0.0),
+    ("the final answer is 42", "42", 1.0),
+    ("<answer>42</answer>", "42", 1.0),
+    ("we get 40 and then 42", "42", 1.0),
+])
+def test_equivalence_rules(completion, gold, reward):
+    v = score_one(completion, {"answer": gold})
+    assert v.reward == reward, v
+
+
+def test_fallback_can_be_switched_off():
+    assert score_one("we get 42", {"answer": "42"}, fallback="none").category is Category.NO_ANSWER
+    with pytest.raises(ValueError):
+        score_one("42", {"answer": "42"}, fallback="first")
+
+
+def test_feedback_message():
+    v = score_one("so \\boxed{13}", {"answer": "12"})
+    assert v.message == "expected 12, got 13" and v.answer == "13"
+
+
+def test_gold_list_means_any():
+    assert score_one("\\boxed{4}", {"answer": ["2", "4"]}).reward == 1.0
+    assert score_one("\\boxed{5}", {"answer": [2, 4]}).reward == 0.0
+
+
+def test_cache_key_is_the_normalised_answer():
+    a = answer_key("so \\boxed{ 12 }")
+    assert a == answer_key("thus $\\boxed{12}$.") and a != answer_key("\\boxed{13}")
+    assert answer_key("\\boxed{1}\\boxed{2}") != answer_key("\\boxed{2}")  # the hedge counts
+    assert extract("\\boxed{\\frac{1}{\\boxed{2}}}").text == "\\frac{1}{\\boxed{2}}"
+
+
+def test_grouped_samples_hit_the_cache():
+    with VerifierRuntime(RECORD, workers=2) as runtime:
+        group = ["\\boxed{12}", "so the answer is \\boxed{ 12 }", "\\boxed{13}", "\\boxed{12}",
+                 "$\\boxed{12}$", "\\boxed{13}", "\\boxed{11}", "\\boxed{12}"]
+        out = runtime.score(group, [{"answer": "12"}] * 8)
+        assert [v.reward for v in out] == [1, 1, 0, 1, 1, 0, 0, 1]
+        assert runtime.stats["verifier_calls"] == 3
+        assert runtime.cache_hit_rate == pytest.approx(5 / 8)
+
+
+# -- the labeled set ------------------------------------------------------------------------
+def test_labeled_set_from_reasoning_gym(rt):
+    cases = math_labeled.build()
+    assert len(cases) >= 300
+    assert sum(c["expected"] for c in cases) >= 100 and sum(not c["expected"] for c in cases) >= 100
+    out = rt.score([c["completion"] for c in cases], [{"answer": c["gold"]} for c in cases])
+    wrong = [(c["task"], c["tag"], c["completion"], c["gold"], v.category.value)
+             for c, v in zip(cases, out) if (v.reward == 1.0) != c["expected"]]
+    false_pos = [w for w, c in zip(wrong, cases) if not c["expected"]]
+    assert not false_pos, false_pos[:5]
+    assert not wrong, wrong[:5]
+
+
+# -- G04 ------------------------------------------------------------------------------------
+def _battery_mix(n: int) -> list[tuple[object, object]]:
+    base = [
+        (None, "3"), (b"3", "3"), ("", "3"), ("\\boxed{ }", "3"), ("1" * 200_000, "3"),
+        ("word " * 20_000 + "\\boxed{3}", "3"), ("\\boxed{" * 500 + "3" + "}" * 500, "3"),
+        ("\\boxed{" + "\\frac{" * 1000, "1"), ("\\boxed{" + "7" * 5000 + "}", "7" * 5000),
+        ("\\boxed{\uff11\uff12}", "12"), ("\u202e\\boxed{12}", "12"), ("\\boxed{1}\\boxed{2}", "1"),
+        ("The answer is 1 or 2", "1"), ("\\boxed{1}" * 2000, "1"), ("\\boxed{3}", "\\frac{"),
+        (r"\boxed{10^{10^{10}}+1}", r"10^{10^{10}}"), (r"\boxed{999999!}", "1000000!"),
+    ]
+    out = []
+    for i in range(n):
+        c, g = base[i % len(base)]
+        if i % len(base) == 0:
+            c, g = f"\\boxed{{{i}}}", str(i if i % 2 else i + 1)  # distinct numbers
+        out.append((c, g))
+    return out
+
+
+@pytest.mark.slow
+def test_g04_soak_5000_calls_two_way_parallel():
+    mix = _battery_mix(5000)
+    with VerifierRuntime(RECORD, workers=2, cache=0) as runtime:
+        assert runtime.wait_ready(120)
+        runtime.score([c for c, _ in mix[:300]], [{"answer": g} for _, g in mix[:300]])  # warm-up
+        before = snapshot()
+        errors: list = []
+
+        def half(part):
+            try:
+                for k in range(0, len(part), 50):
+                    chunk = part[k:k + 50]
+                    out = runtime.score([c for c, _ in chunk], [{"answer": g} for _, g in chunk])
+                    for v in out:
+                        if v.category in (Category.CRASH, Category.TIMEOUT, Category.VERIFIER_ERROR):
+                            errors.append(v)
+            except BaseException as exc:  # noqa: BLE001
+                errors.append(exc)
+
+        threads = [threading.Thread(target=half, args=(mix[i::2],)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(600)
+        assert not errors, errors[:3]
+        after = assert_restored(before)
+        assert after.rss <= before.rss * 1.10, (before.rss, after.rss)
+        assert runtime.stats["samples"] >= 5300
+        assert runtime.stats["crashes"] == 0 and runtime.stats["timeouts"] == 0

@@ -1,0 +1,357 @@
+"""Answer strings -> values.
+
+Two routes, both ending in exact objects:
+- a fast path, without sympy, for what most answers are: integers of any length, decimals,
+  scientific notation, `a/b` and `\\frac{a}{b}` with integer parts -> `fractions.Fraction`. This
+  is literal recognition by one regex, not a parser: anything else goes to the next route.
+- everything else -> latex2sympy2_extended (the maintained LaTeX-to-sympy parser that
+  Math-Verify uses; it runs on the antlr4 4.13 runtime that is installed, whereas sympy's own
+  `parse_latex` needs exactly antlr4 4.11 and would conflict with it, and its lark backend
+  covers less of what models write). Plain-text math (`x**2`, `sqrt(2)`, `pi`) is first
+  rewritten into LaTeX; sympy's `parse_expr` is never used (it calls eval on its input).
+
+Guards before the parser sees anything: balanced braces, bracket nesting at most
+MAX_DEPTH (the antlr parser's time grows with every level of parentheses), and at most
+MAX_PARSE_CHARS characters on the slow route. Big numbers are never evaluated while parsing:
+latex2sympy keeps `10^{10^{10}}` as an unevaluated power (see equivalence.py for how such
+values are compared).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from fractions import Fraction
+from functools import lru_cache
+from typing import Any
+
+from .answers import Cleaned, choice_letter, clean_answer, is_words
+
+MAX_DEPTH = 10
+MAX_PARSE_CHARS = 1_500
+MAX_DIGITS = 25_000  # a literal integer longer than this is not parsed
+MAX_EXPONENT = 10_000  # 1e10000 is fine, 1e99999999 is not expanded
+
+_INT_STR_SAFE = 4_000  # below CPython's int(str) digit limit (4300)
+
+_DEC_RE = re.compile(r"^([+-]?)(\d+(?:\.\d*)?|\.\d+)(?:[eE]([+-]?\d{1,6}))?$")
+_SCI_LATEX_RE = re.compile(r"^([+-]?)(\d+(?:\.\d*)?)(?:\\times|\\cdot|\*|×)10\^\{?([+-]?\d{1,6})\}?$")
+_SLASH_RE = re.compile(r"^([+-]?)(\d{1,4000})/(\d{1,4000})$")
+_LFRAC_RE = re.compile(r"^([+-]?)\\frac\{([+-]?\d{1,4000})\}\{(\d{1,4000})\}$")
+_HAS_DECIMAL = re.compile(r"\d\.\d|(?<![\d.])\.\d|\d[eE][+-]?\d")
+
+_FUNCS = re.compile(r"(?<![\\A-Za-z])(arcsin|arccos|arctan|sinh|cosh|tanh|sin|cos|tan|cot|sec|csc|log|ln|exp)(?=\s*\()")
+_PI = re.compile(r"(?<![\\A-Za-z])pi(?![A-Za-z])")
+# "e = 3" / "i = 2": the parser reads e and i as constants and sympy then evaluates Eq(E, 3) to
+# False; as the left side of an assignment they are variables.
+_CONST_LHS = re.compile(r"(?<![A-Za-z\\])([ei])(?=\s*=)")
+_INF = re.compile(r"(?<![\\A-Za-z])(?:infinity|inf|oo)(?![A-Za-z])")
+_SYMBOL_MAP = str.maketrans({"×": "\\times ", "·": "\\cdot ", "⋅": "\\cdot ", "÷": "\\div ",
+                             "√": "\\sqrt ", "π": "\\pi ", "∞": "\\infty ", "≤": "\\le ",
+                             "≥": "\\ge ", "≠": "\\ne "})
+
+
+class ParseFailure(ValueError):
+    """The string is not an answer the parser can read (-> parse_error or gold_error)."""
+
+
+@dataclass
+class Value:
+    """A parsed answer or gold.
+
+    kind: "num" (value is a Fraction), "sym" (value is a sympy object), "text" (value is a
+      lower-case string), "choice" (value is a letter A-E).
+    inexact: written with a decimal point or exponent: compared with a tolerance.
+    percent / degrees: the answer carried a % or degree sign (see equivalence.py).
+    """
+
+    kind: str
+    value: Any
+    inexact: bool = False
+    percent: bool = False
+    degrees: bool = False
+    display: str = ""
+    places: int | None = None  # decimal places as written ("6.32" -> 2, "1.5e-3" -> 4)
+
+
+def to_int(digits: str) -> int:
+    """int() of a digit string of any length, without touching the process-wide digit limit."""
+    if len(digits) <= _INT_STR_SAFE:
+        return int(digits)
+    return int(Decimal(digits))
+
+
+def fast_number(s: str) -> Fraction | None:
+    """Literal numbers only: '42', '-0.25', '1.5e3', '3/4', '\\frac{3}{4}'. None otherwise."""
+    if len(s) > MAX_DIGITS + 32:
+        return None
+    m = _DEC_RE.match(s)
+    if m:
+        sign, body, exp = m.groups()
+        if exp is not None and abs(int(exp)) > MAX_EXPONENT:
+            return None
+        try:
+            d = Decimal(body if exp is None else f"{body}e{exp}")
+        except InvalidOperation:
+            return None
+        num, den = d.as_integer_ratio()
+        f = Fraction(num, den)
+        return -f if sign == "-" else f
+    m = _SLASH_RE.match(s) or _LFRAC_RE.match(s)
+    if m:
+        sign, a, b = m.groups()
+        den = to_int(b)
+        if den == 0:
+            return None
+        f = Fraction(to_int(a), den)
+        return -f if sign == "-" else f
+    return None
+
+
+_ASSIGN_RE = re.compile(r"^\\?(?:mathit\{)?[A-Za-z]\}?\s*=\s*(.+)$")
+_COMPLEX_RE = re.compile(
+    r"^([+-]?(?:\d+(?:\.\d*)?|\.\d+))\s*([+-])\s*((?:\d+(?:\.\d*)?|\.\d+)?)\s*\*?\s*i$")
+
+
+def _literal(part: str) -> Fraction | None:
+    part = part.strip()
+    m = _ASSIGN_RE.match(part)
+    if m:
+        part = m.group(1)
+    return fast_number(part.replace(" ", ""))
+
+
+def _fast_shapes(s: str) -> tuple[str, Any] | None:
+    """Shapes the parser would return without ambiguity, built directly (it is slow):
+    'x = 3' -> 3; '1, -2.5' and 'x = 1, x = 2' -> a set of literals; '3 - 2i' -> 3 - 2*i
+    (with `i` a symbol, as the parser reads it). None: let the parser decide."""
+    if "=" in s and "," not in s:
+        f = _literal(s)
+        return ("num", f) if f is not None else None
+    if "," in s and not s.startswith(("(", "[", "\\{")):
+        parts = s.split(",")
+        if 1 < len(parts) <= 100:
+            values = [_literal(p) for p in parts]
+            if all(v is not None for v in values):
+                import sympy
+
+                return "sym", sympy.FiniteSet(*(sympy.Rational(v.numerator, v.denominator) for v in values))
+        return None
+    m = _COMPLEX_RE.match(s.strip())
+    if m:
+        import sympy
+
+        re_, sign, im_ = m.groups()
+        re_v, im_v = fast_number(re_), fast_number(im_ or "1")
+        if re_v is not None and im_v is not None:
+            im_v = -im_v if sign == "-" else im_v
+            return "sym", sympy.Rational(re_v.numerator, re_v.denominator) + sympy.Rational(
+                im_v.numerator, im_v.denominator) * sympy.Symbol("i")
+    return None
+
+
+def check_structure(s: str) -> None:
+    """Balanced braces and bounded nesting, in one linear pass."""
+    depth = braces = 0
+    for ch in s:
+        if ch in "({[":
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise ParseFailure(f"brackets nested deeper than {MAX_DEPTH}")
+            if ch == "{":
+                braces += 1
+        elif ch in ")}]":
+            depth = max(0, depth - 1)
+            if ch == "}":
+                braces -= 1
+                if braces < 0:
+                    raise ParseFailure("unbalanced braces")
+    if braces:
+        raise ParseFailure("unbalanced braces")
+
+
+def _match_paren(s: str, open_at: int) -> int:
+    depth = 0
+    for i in range(open_at, len(s)):
+        if s[i] == "(":
+            depth += 1
+        elif s[i] == ")":
+            depth -= 1
+            if depth == 0:
+                return i
+    return -1
+
+
+def _brace_calls(s: str, marker: str, replace_with: str) -> str:
+    """'x^(3/2)' -> 'x^{(3/2)}', 'sqrt(2)' -> '\\sqrt{2}': parenthesised argument -> braces."""
+    out = []
+    i = 0
+    while True:
+        j = s.find(marker, i)
+        if j < 0:
+            out.append(s[i:])
+            return "".join(out)
+        k = j + len(marker)
+        while k < len(s) and s[k] == " ":
+            k += 1
+        if k >= len(s) or s[k] != "(":
+            out.append(s[i:k])
+            i = k
+            continue
+        close = _match_paren(s, k)
+        if close < 0:
+            out.append(s[i:])
+            return "".join(out)
+        inner = s[k + 1: close] if replace_with == "\\sqrt" else s[k: close + 1]
+        out.append(s[i:j] + replace_with + "{" + inner + "}")
+        i = close + 1
+
+
+def plain_to_latex(s: str) -> str:
+    """Rewrite plain-text math (as Python or a calculator writes it) into LaTeX."""
+    s = s.translate(_SYMBOL_MAP)
+    if "**" in s:
+        s = s.replace("**", "^")
+    if "^(" in s or "^ (" in s:
+        s = _brace_calls(s, "^", "^")
+    if "sqrt" in s:
+        s = re.sub(r"(?<![\\A-Za-z])sqrt", r"\\sqrt", s)
+        s = _brace_calls(s, "\\sqrt", "\\sqrt")
+    s = _FUNCS.sub(r"\\\1", s)
+    if "=" in s:
+        s = _CONST_LHS.sub(r"\\mathit{\1}", s)
+    s = _PI.sub(r"\\pi ", s)
+    s = _INF.sub(r"\\infty ", s)
+    return s
+
+
+_L2S = None
+
+
+def _latex2sympy():
+    """The parser function, built lazily: the parent process (cache keys, CLI) never imports
+    sympy or antlr.
+
+    antlr's default LL prediction spends most of its time in full-context lookahead on this
+    grammar. We parse with SLL prediction first and fall back to LL only when SLL reports a
+    syntax error: the standard two-stage antlr strategy (an SLL parse that succeeds is a
+    valid parse of the input); about 3x faster on the labeled set with identical verdicts.
+    (SLL does fail on some superscripts, `x^{9} - x^{8}`, and those are parsed twice; sending
+    every `^` straight to LL was measured slower overall.)
+    """
+    global _L2S
+    if _L2S is None:
+        from latex2sympy2_extended.latex2sympy2 import ConversionConfig, latex2sympy
+        from latex2sympy2_extended.math_normalization import NormalizationConfig, normalize_latex
+
+        norm = NormalizationConfig(basic_latex=True, units=False, malformed_operators=True,
+                                   nits=True, boxed="none", equations=False)
+        conv = ConversionConfig(interpret_as_mixed_fractions=True,
+                                interpret_simple_eq_as_assignment=False,
+                                interpret_contains_as_eq=True, lowercase_symbols=False)
+        try:
+            from antlr4.atn.PredictionMode import PredictionMode
+            from latex2sympy2_extended.latex2sympy2 import _Latex2Sympy
+
+            class _TwoStage(_Latex2Sympy):
+                sll = True
+
+                def create_parser(self, latex_str):
+                    parser = super().create_parser(latex_str)
+                    if self.sll:
+                        parser._interp.predictionMode = PredictionMode.SLL
+                    return parser
+
+            def parse(latex: str):
+                latex = normalize_latex(latex, norm)
+                try:
+                    return _TwoStage(config=conv).parse(latex)
+                except Exception:  # noqa: BLE001 - SLL gave up: full LL decides
+                    slow = _TwoStage(config=conv)
+                    slow.sll = False
+                    return slow.parse(latex)
+        except ImportError:  # a latex2sympy2_extended without the class: the public entry point
+            def parse(latex: str):
+                return latex2sympy(latex, normalization_config=norm, conversion_config=conv)
+        _L2S = parse
+    return _L2S
+
+
+def _floats_to_rationals(expr: Any) -> Any:
+    """Decimals become the exact rationals they were written as (0.1 -> 1/10)."""
+    import sympy
+
+    if not isinstance(expr, sympy.Basic):
+        return expr
+    floats = expr.atoms(sympy.Float)
+    if not floats:
+        return expr
+    return expr.xreplace({f: sympy.Rational(str(f)) for f in floats})
+
+
+@lru_cache(maxsize=8192)
+def parse_math(s: str) -> tuple[str, Any]:
+    """('num', Fraction) or ('sym', sympy object). Raises ParseFailure. Cached per process."""
+    if not s:
+        raise ParseFailure("empty answer")
+    f = fast_number(s.replace(" ", "")) if len(s) <= MAX_DIGITS + 32 else None
+    if f is not None:
+        return "num", f
+    if len(s) > MAX_PARSE_CHARS:
+        raise ParseFailure(f"answer longer than {MAX_PARSE_CHARS} characters")
+    check_structure(s)
+    while s.startswith(("\\boxed{", "\\fbox{")) and s.endswith("}"):
+        s = s[s.index("{") + 1: -1].strip()  # \boxed{\boxed{3}}
+    latex = plain_to_latex(s)
+    f = fast_number(latex.replace(" ", ""))
+    if f is not None:
+        return "num", f
+    fast = _fast_shapes(latex)
+    if fast is not None:
+        return fast
+    try:
+        expr = _latex2sympy()(latex)
+    except (Exception, RecursionError) as exc:  # antlr and sympy raise all kinds
+        raise ParseFailure(f"{type(exc).__name__}") from None
+    import sympy
+
+    if isinstance(expr, (list, tuple)):
+        expr = sympy.Tuple(*expr) if expr else sympy.EmptySet
+    if not isinstance(expr, (sympy.Basic, sympy.MatrixBase)):
+        raise ParseFailure(f"parser returned {type(expr).__name__}")
+    if isinstance(expr, sympy.MatrixBase):
+        expr = sympy.ImmutableMatrix(expr)
+    expr = _floats_to_rationals(expr)
+    if isinstance(expr, sympy.Rational):
+        return "num", Fraction(int(expr.p), int(expr.q))
+    return "sym", expr
+
+
+def parse_value(raw: str, *, is_gold: bool = False) -> Value:
+    """Clean, then parse one answer string. Gold strings may also be choices or plain words."""
+    c: Cleaned = clean_answer(raw)
+    text = c.text
+    if not text:
+        raise ParseFailure("empty answer")
+    if is_gold:
+        letter = choice_letter(text)
+        if letter is not None:
+            return Value("choice", letter, display=text)
+        if is_words(text):
+            return Value("text", " ".join(text.lower().split()), display=text)
+    kind, value = parse_math(text)
+    inexact = bool(_HAS_DECIMAL.search(text))
+    return Value(kind, value, inexact=inexact, percent=c.percent, degrees=c.degrees, display=text,
+                 places=decimal_places(text) if inexact and kind == "num" else None)
+
+
+def decimal_places(text: str) -> int | None:
+    """Places after the decimal point of a written literal, exponent included."""
+    compact = text.replace(" ", "")
+    m = _DEC_RE.match(compact) or _SCI_LATEX_RE.match(compact)
+    if not m:
+        return None
+    _sign, body, exp = m.groups()
+    places = len(body.split(".", 1)[1]) if "." in body else 0
+    return places - (int(exp) if exp else 0)
