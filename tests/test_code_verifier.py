@@ -430,6 +430,25 @@ BATTERY = [
      "    return a + b\n", {"resource_limit"}),
     ("C20-kill-parent", "function", "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\n"
      "def add(a, b):\n    return None\n", {"wrong_answer"}),
+    ("C20-sigint-judge", "function", textwrap.dedent("""
+        import os, signal
+        os.kill(os.getppid(), signal.SIGINT)
+        os.kill(1, signal.SIGINT)
+        def add(a, b):
+            os.kill(os.getppid(), signal.SIGINT)
+            return None
+        """), {"wrong_answer"}),
+    ("C20-fill-workdir-stdio", "stdio", textwrap.dedent("""
+        import os
+        for i in range(8):
+            try:
+                with open("fill%d" % i, "wb") as f:
+                    f.write(b"x" * (16 << 20))
+            except OSError:
+                pass
+        os.makedirs("d/" * 50, exist_ok=True)
+        print(3)
+        """), {"wrong_answer"}),
     ("C20-kill-all", "function", "import os, signal\ndef add(a, b):\n    os.kill(-1, signal.SIGKILL)\n"
      "    return a + b\n", {"crash", "runtime_error"}),
     ("C21-syntax", "function", "def add(a, b)\n    return a + b\n", {"compile_error"}),
@@ -450,7 +469,7 @@ DEGRADED_FAILS = {
     "C20-kill-parent": "the candidate can kill the judge (no PID namespace with the judge as PID 1)",
 }
 # Never run without a sandbox: they would damage the host (rm -rf /*, kill(-1) as the user).
-DEGRADED_UNSAFE = {"C15-destroy", "C20-kill-all"}
+DEGRADED_UNSAFE = {"C15-destroy", "C20-kill-all", "C20-sigint-judge"}
 
 
 def render(program: str, host: Host) -> str:

@@ -257,6 +257,7 @@ def _short_tb(exc, n=1200):
 def _child_setup(cfg, keep):
     """First thing in C: drop every inherited fd except `keep`, then lower the rlimits."""
     os.setpgid(0, 0)
+    _signal.signal(_signal.SIGINT, _signal.default_int_handler)  # J ignores it; C behaves normally
     keep = sorted(set(keep) | {0, 1, 2})
     lo = 0
     for fd in keep:
@@ -724,6 +725,9 @@ class ScriptJudge(Judge):
         for fd in open_fds:
             os.close(fd)
         status = self.finish_candidate(pid, status, timed_out or over)
+        # Every test starts from an empty work dir: nothing a test left behind (files filling
+        # the tmpfs, FIFOs named like anything) reaches the next one.
+        _wipe(".")
         elapsed = time.monotonic() - start
         msgs = _parse_frames(bytes(sock_buf))
         stderr_tail = err[-600:].decode("utf-8", "replace")
@@ -749,6 +753,35 @@ class ScriptJudge(Judge):
 
     def _child_main(self, sock):
         return candidate_script(sock, self.cfg, self.program)
+
+
+def _wipe(top, budget=100000):
+    """Delete what is under `top`, never following symlinks; iterative and bounded (a
+    candidate may have built very deep or very large trees). Failures are ignored."""
+    stack = [(top, False)]
+    while stack and budget > 0:
+        path, visited = stack.pop()
+        if visited:
+            if path != top:
+                try:
+                    os.rmdir(path)
+                except OSError:
+                    pass
+            continue
+        stack.append((path, True))
+        try:
+            entries = list(os.scandir(path))
+        except OSError:
+            continue
+        for entry in entries:
+            budget -= 1
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append((entry.path, False))
+                else:
+                    os.unlink(entry.path)
+            except OSError:
+                pass
 
 
 def _close_chan(chan):
@@ -803,6 +836,10 @@ def main():
     global JOB_FD, RESULT_FD, NONCE_FD
     cfg = json_loads(sys.argv[-1])
     JOB_FD, RESULT_FD, NONCE_FD = cfg["fds"]
+    # PID 1 of a namespace receives from inside it only the signals it has handlers for, and
+    # Python's only default handler is SIGINT's: without this, the candidate could interrupt
+    # the judge (a KeyboardInterrupt mid-test).
+    _signal.signal(_signal.SIGINT, _signal.SIG_IGN)
     _make_undumpable()
     os.write(RESULT_FD, b"R")  # "the judge started": lets the host tell set-up failures apart
     judge = FunctionJudge(cfg) if cfg["style"] == "function" else ScriptJudge(cfg)
