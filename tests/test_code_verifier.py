@@ -298,6 +298,17 @@ BATTERY = [
         except OSError:
             pass
         """), {"wrong_answer", "runtime_error"}),
+    # The candidate patches the harness code in its own process to send forged replies.
+    ("C11-patch-harness", "function", textwrap.dedent("""
+        import __main__
+        def forged(chan, obj):
+            __main__.__dict__["_orig_send"](chan, {"raise": {"type": ["x"], "errno": [1], "msg": {"a": 1}},
+                                                   "exit_code": [[1] * 1000]})
+        __main__._orig_send = __main__.send_msg
+        __main__.send_msg = forged
+        def add(a, b):
+            return a + b
+        """), {"runtime_error"}),
     ("C11-forge-stdio", "stdio", "print('3')\nprint('passed')\n", {"wrong_answer"}),
     # Squatting on names the judge might use must not turn a failure into a masked sandbox_error.
     ("C11-squat-stdio", "stdio", textwrap.dedent("""

@@ -367,13 +367,18 @@ _CRASH_SIGNALS = {_signal.SIGSEGV, _signal.SIGBUS, _signal.SIGABRT, _signal.SIGI
 def classify_exception(info):
     if type(info) is not dict:
         return "runtime_error", "the candidate raised an exception"
-    typ = str(info.get("type"))[:80]
-    msg = str(info.get("msg"))[:300]
+    # Everything here may have been forged by the candidate (it can patch the harness code in
+    # its own process): only exact types are trusted, and nothing may raise.
+    typ = info.get("type")
+    typ = typ[:80] if type(typ) is str else "?"
+    msg = info.get("msg")
+    msg = msg[:300] if type(msg) is str else typ
+    err = info.get("errno")
     if typ == "MemoryError":
         return "memory_limit", msg
     if typ == "RecursionError":
         return "runtime_error", msg
-    if info.get("errno") in _RESOURCE_ERRNOS or "can't start new thread" in msg:
+    if (type(err) is int and err in _RESOURCE_ERRNOS) or "can't start new thread" in msg:
         return "resource_limit", msg
     return "runtime_error", msg
 
@@ -549,7 +554,8 @@ class FunctionJudge(Judge):
         if "missing" in reply:
             raise _Fail("no_answer", "the program defines no function named %r" % entry)
         if "exit_code" in reply:
-            raise _Fail("runtime_error", "the program called exit(%s) while loading" % reply["exit_code"])
+            raise _Fail("runtime_error", "the program called exit(%s) while loading"
+                        % _trunc(str(reply["exit_code"]), 40))
         if "raise" in reply:
             cat, msg = classify_exception(reply["raise"])
             raise _Fail(cat, "loading the program raised " + msg)
@@ -592,7 +598,8 @@ class FunctionJudge(Judge):
                 raise _Fail("wrong_answer", "candidate(%s) returned a value that is not plain data: %s"
                             % (_trunc(shown, 200), str(reply["bad_value"])[:200]))
             if "exit_code" in reply:
-                raise _Fail("runtime_error", "candidate(%s) called exit(%s)" % (_trunc(shown, 200), reply["exit_code"]))
+                raise _Fail("runtime_error", "candidate(%s) called exit(%s)"
+                            % (_trunc(shown, 200), _trunc(str(reply["exit_code"]), 40)))
             if "raise" in reply:
                 cat, m = classify_exception(reply["raise"])
                 raise _Fail(cat, "candidate(%s) raised %s" % (_trunc(shown, 200), m))
