@@ -46,6 +46,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                            help=f"{description} (default: {_default_text(default)})".replace("%", "%%"))
 
 
+def task_fields_epilog() -> str:
+    """The fields of one `tasks` entry (a list cannot be a flag; set them in YAML or with
+    --set tasks.N.FIELD=VALUE)."""
+    from .config import TaskConfig
+
+    lines = ["fields of each `tasks` entry (YAML, or --set tasks.N.FIELD=VALUE):"]
+    for dotted, annotation, description, default in iter_fields(TaskConfig, "tasks[N]."):
+        shown = _default_text(default)
+        lines.append(f"  {dotted} ({type_name(annotation)}): {description} (default: {shown})")
+    return "\n".join(lines)
+
+
 def overrides_from_args(args: argparse.Namespace) -> list[tuple[str, object]]:
     out = []
     for item in args.set:
@@ -106,8 +118,13 @@ def run_train(args: argparse.Namespace) -> int:
     if args.check:
         console.print("config OK")
         return 0
+    from transformers.utils import logging as hf_logging
+
     from .tasks import TaskError
     from .trainer import train
+
+    # Our own progress bars tell the story; transformers' per-load bars would bury them.
+    hf_logging.disable_progress_bar()
 
     try:
         train(cfg, pm, reporter=_WarmupProgress(console))
@@ -120,13 +137,15 @@ def run_train(args: argparse.Namespace) -> int:
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "train", help="train a policy with RLSD / GRPO / OPSD (no arguments: the embedded default)",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        description=__doc__, epilog=task_fields_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
     parser.set_defaults(func=run_train)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="rlsd train")
+    parser = argparse.ArgumentParser(prog="rlsd train", epilog=task_fields_epilog(),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
     return run_train(parser.parse_args(argv))
 

@@ -193,6 +193,16 @@ class TrainConfig(_Section):
 
 # --- help: every field with its default, generated from the models -----------------------------
 
+class _Required:
+    def __repr__(self) -> str:
+        return "required"
+
+    __str__ = __repr__
+
+
+REQUIRED = _Required()  # the "default" iter_fields reports for a field without one
+
+
 def _section_type(annotation) -> type[BaseModel] | None:
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
@@ -206,6 +216,9 @@ def iter_fields(model: type[BaseModel] = TrainConfig, prefix: str = "") -> Itera
         section = _section_type(info.annotation)
         if section is not None:
             yield from iter_fields(section, dotted + ".")
+            continue
+        if info.is_required():
+            yield dotted, info.annotation, info.description or "", REQUIRED
             continue
         default = info.get_default(call_default_factory=True)
         if isinstance(default, list) and default and isinstance(default[0], BaseModel):

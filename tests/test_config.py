@@ -185,3 +185,14 @@ def test_cli_check_and_print_config(capsys):
     out = capsys.readouterr().out
     assert "steps: 3" in out
     assert TrainConfig.model_validate(__import__("yaml").safe_load(out)).steps == 3
+
+
+def test_configuration_doc_lists_every_field():
+    from pathlib import Path
+
+    from rlsd_core.config import TaskConfig
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "configuration.md").read_text()
+    names = [d for d, *_ in iter_fields()] + [d for d, *_ in iter_fields(TaskConfig, "tasks[N].")]
+    missing = [n for n in names if f"`{n}`" not in doc]
+    assert not missing, f"docs/configuration.md lacks {missing}"
