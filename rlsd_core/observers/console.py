@@ -21,10 +21,12 @@ def results_table(summary: dict) -> Table:
                         f"{summary['seconds']:.0f} s")
     table.add_column("task")
     table.add_column("verifier")
-    table.add_column(f"train reward (first {window} steps)", justify="right")
-    table.add_column(f"train reward (last {window} steps)", justify="right")
+    table.add_column("reward first", justify="right")
+    table.add_column("reward last", justify="right")
     table.add_column("held-out before", justify="right")
     table.add_column("held-out after", justify="right")
+    table.caption = (f"reward: mean train reward over the first / last {window} steps; held-out: "
+                     f"greedy accuracy on problems never trained on")
     for name, t in summary["tasks"].items():
         table.add_row(name, t["verifier"], _pct(t["reward_first"]), _pct(t["reward_last"]),
                       f"{_pct(t['heldout_before'])} of {t['eval_size']}",
