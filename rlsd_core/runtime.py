@@ -61,6 +61,8 @@ DEFAULT_CACHE_SIZE = 100_000
 START_TIMEOUT_S = 120.0
 # Consecutive failed starts after which queued samples get verifier_error instead of waiting.
 MAX_START_FAILURES = 3
+# Samples in flight per worker: the running one plus one waiting in its pipe.
+PIPELINE_DEPTH = 2
 
 
 # ------------------------------------------------------------------------------------------
@@ -257,17 +259,18 @@ def _worker_main(conn, record_blob: bytes, options: dict, memory_limit_mb: int |
 # ------------------------------------------------------------------------------------------
 
 class _Task:
-    __slots__ = ("id", "completion", "row", "future")
+    __slots__ = ("id", "completion", "row", "future", "running")
 
     def __init__(self, task_id: int, completion: str, row: Mapping, future: Future) -> None:
         self.id = task_id
         self.completion = completion
         self.row = row
         self.future = future
+        self.running = False
 
 
 class _Worker:
-    __slots__ = ("proc", "conn", "pidfd", "ready", "started_at", "task", "deadline")
+    __slots__ = ("proc", "conn", "pidfd", "ready", "started_at", "tasks", "deadline")
 
     def __init__(self, proc: subprocess.Popen, conn: Connection, pidfd: int | None) -> None:
         self.proc = proc
@@ -275,7 +278,11 @@ class _Worker:
         self.pidfd = pidfd  # readable when the process exits, even if a grandchild holds the socket
         self.ready = False
         self.started_at = time.monotonic()
-        self.task: _Task | None = None
+        # Samples sent to this worker, oldest first. The head is running (its deadline is
+        # `deadline`); the next one waits in the pipe so that the worker never idles waiting for
+        # the parent to be scheduled. Only the head can time out or crash; the rest go back to
+        # the queue.
+        self.tasks: collections.deque[_Task] = collections.deque()
         self.deadline = math.inf
 
 
@@ -455,32 +462,13 @@ class _Pool:
                 self._fail_queue(Verdict.fail(
                     Category.VERIFIER_ERROR,
                     f"verifier {self._name!r} worker could not start: {self._last_start_error}"))
-            # hand queued samples to idle, ready workers
-            now = time.monotonic()
-            for w in list(self._workers):
-                if not (w.ready and w.task is None):
-                    continue
-                with self._lock:
-                    task = self._queue.popleft() if self._queue else None
-                if task is None:
-                    break
-                if not task.future.set_running_or_notify_cancel():
-                    continue
-                try:
-                    w.conn.send((task.id, task.completion, task.row))
-                except (pickle.PicklingError, TypeError, AttributeError) as exc:
-                    # pickling happens before anything is written: the worker is fine
-                    self._finish(task, Verdict.fail(Category.INVALID_INPUT,
-                                                    f"row cannot be sent to a worker: {_safe_str(exc)}"))
-                    continue
-                except Exception:  # noqa: BLE001 - the worker is gone (broken pipe)
-                    w.task = task
-                    self._on_death(w)
-                    continue
-                w.task = task
-                w.deadline = now + self._timeout
+            # hand queued samples to ready workers: one each first, then a second in the pipe
+            for depth in range(1, PIPELINE_DEPTH + 1):
+                for w in list(self._workers):
+                    if w.ready and len(w.tasks) < depth and w in self._workers:
+                        self._dispatch(w)
             # wait for results, deaths, wake-ups or the nearest deadline
-            deadlines = [w.deadline for w in self._workers if w.task is not None]
+            deadlines = [w.deadline for w in self._workers if w.tasks]
             deadlines += [w.started_at + START_TIMEOUT_S for w in self._workers if not w.ready]
             wait_s = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
             conns = {w.conn: w for w in self._workers}
@@ -524,9 +512,9 @@ class _Pool:
             for w in list(self._workers):
                 if w in dead:
                     continue
-                if w.task is not None and now >= w.deadline:
-                    task = w.task
-                    w.task = None
+                if w.tasks and now >= w.deadline:
+                    task = w.tasks.popleft()
+                    self._requeue(w)
                     self._kill(w)
                     self._bump("timeouts")
                     self._finish(task, Verdict.fail(
@@ -536,6 +524,37 @@ class _Pool:
                     self._start_failures += 1
                     self._last_start_error = f"no ready signal within {START_TIMEOUT_S:g} s"
 
+    def _dispatch(self, w: _Worker) -> None:
+        with self._lock:
+            task = self._queue.popleft() if self._queue else None
+        if task is None:
+            return
+        if not task.running:
+            if not task.future.set_running_or_notify_cancel():
+                return
+            task.running = True
+        try:
+            w.conn.send((task.id, task.completion, task.row))
+        except (pickle.PicklingError, TypeError, AttributeError) as exc:
+            # pickling happens before anything is written: the worker is fine
+            self._finish(task, Verdict.fail(Category.INVALID_INPUT,
+                                            f"row cannot be sent to a worker: {_safe_str(exc)}"))
+            return
+        except Exception:  # noqa: BLE001 - the worker is gone (broken pipe)
+            with self._lock:
+                self._queue.appendleft(task)
+            self._on_death(w)
+            return
+        if not w.tasks:
+            w.deadline = time.monotonic() + self._timeout
+        w.tasks.append(task)
+
+    def _requeue(self, w: _Worker) -> None:
+        """Samples a worker had not started go back to the front of the queue."""
+        with self._lock:
+            while w.tasks:
+                self._queue.appendleft(w.tasks.pop())
+
     def _handle(self, w: _Worker, msg: Any) -> None:
         kind = msg[0] if isinstance(msg, tuple) and msg else None
         if kind == "ready":
@@ -544,15 +563,15 @@ class _Pool:
         elif kind == "init_error":
             self._start_failures += 1
             self._last_start_error = str(msg[1])[:300]
-        elif kind == "result" and w.task is not None and len(msg) == 3 and msg[1] == w.task.id:
-            task = w.task
-            w.task = None
-            w.deadline = math.inf
+        elif kind == "result" and w.tasks and len(msg) == 3 and msg[1] == w.tasks[0].id:
+            task = w.tasks.popleft()
+            # the worker starts the next sample as soon as it has sent this result
+            w.deadline = time.monotonic() + self._timeout if w.tasks else math.inf
             self._finish(task, _wire_to_verdict(msg[2]))
 
     def _on_death(self, w: _Worker) -> None:
-        task = w.task
-        w.task = None
+        task = w.tasks.popleft() if w.tasks else None
+        self._requeue(w)
         self._kill(w)
         code = w.proc.returncode
         if not w.ready:
@@ -569,9 +588,9 @@ class _Pool:
             self._closing = True
         self._fail_queue(Verdict.fail(Category.VERIFIER_ERROR, "the verifier runtime was closed"))
         for w in list(self._workers):
-            if w.task is not None:
-                self._finish(w.task, Verdict.fail(Category.VERIFIER_ERROR, "the verifier runtime was closed"))
-                w.task = None
+            while w.tasks:
+                self._finish(w.tasks.popleft(),
+                             Verdict.fail(Category.VERIFIER_ERROR, "the verifier runtime was closed"))
             try:
                 w.conn.send(None)
             except Exception:  # noqa: BLE001

@@ -6,11 +6,24 @@ saying which reformulation or near miss it is. Equivalent reformulations change 
 (LaTeX vs plain text, x = v, term order, factored form, decimals, separators, wrappers);
 near misses change the value (off by one, sign, reciprocal, a dropped root or term, a
 too-coarse decimal) or hedge. Used by tests/test_math_verifier.py and bench/verifiers.py.
+
+Some reasoning-gym generators (polynomial_multiplication) iterate over sets, so their items
+depend on PYTHONHASHSEED as well as on the seed. The set is therefore generated under
+PYTHONHASHSEED=0 and frozen in tests/data/math_labeled.jsonl (`load()`); regenerate it with
+
+    python tests/math_labeled.py > tests/data/math_labeled.jsonl
+
+(which re-executes itself with PYTHONHASHSEED=0); a test checks the file against a fresh build.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import sys
 from fractions import Fraction
+
+FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "math_labeled.jsonl")
 
 SEED = 20261127
 ITEMS_PER_TASK = 4
@@ -210,8 +223,17 @@ def build(items_per_task: int = ITEMS_PER_TASK, seed: int = SEED) -> list[dict]:
     return cases
 
 
-if __name__ == "__main__":
-    import json
+def load() -> list[dict]:
+    """The frozen labeled set (what tests and the benchmark score)."""
+    with open(FIXTURE, encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
 
-    for case in build():
-        print(json.dumps(case))
+
+def dumps(cases: list[dict]) -> str:
+    return "".join(json.dumps(c, ensure_ascii=False) + "\n" for c in cases)
+
+
+if __name__ == "__main__":
+    if os.environ.get("PYTHONHASHSEED") != "0":
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "PYTHONHASHSEED": "0"})
+    sys.stdout.write(dumps(build()))

@@ -252,8 +252,20 @@ def test_grouped_samples_hit_the_cache():
 
 
 # -- the labeled set ------------------------------------------------------------------------
+def test_labeled_set_fixture_is_what_the_generator_builds():
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    fresh = subprocess.run([sys.executable, math_labeled.__file__], env=env, capture_output=True,
+                           text=True, timeout=300, check=True).stdout
+    with open(math_labeled.FIXTURE, encoding="utf-8") as fh:
+        assert fresh == fh.read(), "regenerate: python tests/math_labeled.py > tests/data/math_labeled.jsonl"
+
+
 def test_labeled_set_from_reasoning_gym(rt):
-    cases = math_labeled.build()
+    cases = math_labeled.load()
     assert len(cases) >= 300
     assert sum(c["expected"] for c in cases) >= 100 and sum(not c["expected"] for c in cases) >= 100
     out = rt.score([c["completion"] for c in cases], [{"answer": c["gold"]} for c in cases])
