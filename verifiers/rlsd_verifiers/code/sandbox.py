@@ -301,6 +301,34 @@ class _Cgroups:
             self._detect()
         except OSError:
             self.kind, self.bases = None, {}
+        self._sweep_stale()
+
+    def _sweep_stale(self) -> None:
+        """Remove empty sample cgroups left by rlsd processes that died without cleaning up
+        (a SIGKILLed worker, for one): their names carry the dead process's pid."""
+        for base in self.bases.values():
+            try:
+                names = os.listdir(base)
+            except OSError:
+                continue
+            for name in names:
+                parts = name.split("-")
+                if len(parts) != 3 or parts[0] != "rlsd" or not parts[1].isdigit():
+                    continue
+                pid = int(parts[1])
+                if pid == os.getpid():
+                    continue
+                try:
+                    os.kill(pid, 0)
+                    continue  # its owner is alive (or the pid was reused): not ours to remove
+                except ProcessLookupError:
+                    pass
+                except OSError:
+                    continue
+                try:
+                    os.rmdir(os.path.join(base, name))
+                except OSError:
+                    pass
 
     def _detect(self) -> None:
         v1: dict[str, str] = {}
@@ -406,6 +434,19 @@ class _Cgroups:
                     return False
                 time.sleep(0.002)
         return False
+
+    def flush(self, wait_s: float = 2.0) -> None:
+        """At exit: give the dying sandboxes' processes time to leave, then remove their
+        cgroups."""
+        end = time.monotonic() + wait_s
+        while True:
+            with self._lock:
+                self._retry_pending()
+                if not self._pending:
+                    return
+            if time.monotonic() > end:
+                return
+            time.sleep(0.01)
 
     def _retry_pending(self) -> None:
         pending, self._pending = self._pending, []
@@ -636,6 +677,8 @@ def drain() -> None:
             _discard(_SPARE)
             _SPARE = None
         _reap_finishing(wait=True)
+    if _CGROUPS is not None:
+        _CGROUPS.flush()
 
 
 atexit.register(drain)
