@@ -109,12 +109,14 @@ class Host:
 
 
 def _nobody_pids() -> set[int]:
-    """Live processes of the sandbox uid. Zombies do not count: they run no code and hold no
-    memory, and one whose bwrap was killed (G03) is reaped by the host's init, not by us."""
+    """Orphaned live processes of the sandbox uid: what escaped our process tree (a sandboxed
+    process still in the tree shows up in `children`). Sandboxes of other test runs on the same
+    machine are children of their own bwrap, so they do not count here. Zombies do not count
+    either: they run no code, and the host's init reaps them."""
     out = set()
-    for p in psutil.process_iter(["uids", "status"]):
+    for p in psutil.process_iter(["uids", "status", "ppid"]):
         try:
-            if (p.info["uids"] and p.info["uids"].real == sandbox.NOBODY
+            if (p.info["uids"] and p.info["uids"].real == sandbox.NOBODY and p.info["ppid"] == 1
                     and p.info["status"] != psutil.STATUS_ZOMBIE):
                 out.add(p.pid)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
@@ -370,8 +372,10 @@ BATTERY = [
         for obj in gc.get_objects():
             if isinstance(obj, str) and needle in obj:
                 WIN = True
-        # (/dev is left out: reading /dev/ptmx blocks.)
-        tops = ["/" + n for n in os.listdir("/") if n not in ("usr", "proc", "sys", "dev")]
+        # Everywhere but the read-only interpreter files (/usr and the /lib, /bin links into
+        # it) and /dev (reading /dev/ptmx blocks).
+        tops = ["/" + n for n in os.listdir("/")
+                if n not in ("usr", "proc", "sys", "dev") and not os.path.islink("/" + n)]
         for top in tops:
             for root, dirs, files in os.walk(top):
                 for name in files:
