@@ -32,15 +32,19 @@ class Recorder:
         self.calls.append(("rlsd_on_error", step, type(error).__name__))
 
 
-def test_each_event_hook_reaches_observers(pm, register_plugin):
+def test_each_event_hook_reaches_observers(empty_pm):
+    pm = empty_pm  # the built-in observers would write files; only dispatch is under test here
     rec = Recorder()
     run = RunInfo(config={}, total_steps=2)
-    with register_plugin(rec, "recorder"):
+    pm.register(rec, "recorder")
+    try:
         pm.hook.rlsd_before_run(run=run)
         pm.hook.rlsd_after_rollout(run=run, step=1, samples=[{"reward": 1.0}] * 3)
         pm.hook.rlsd_after_step(run=run, step=1, metrics={"loss": 0.25})
         pm.hook.rlsd_on_error(run=run, step=2, error=RuntimeError("x"))
         pm.hook.rlsd_after_run(run=run, summary={"steps": 2})
+    finally:
+        pm.unregister("recorder")
     assert rec.calls == [("rlsd_before_run", 2), ("rlsd_after_rollout", 1, 3),
                          ("rlsd_after_step", 1, 0.25), ("rlsd_on_error", 2, "RuntimeError"),
                          ("rlsd_after_run", 2)]

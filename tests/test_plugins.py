@@ -201,6 +201,6 @@ def test_tracing_reports_hook_calls(empty_pm):
 
 def test_trace_env_var_enables_tracing(monkeypatch, capsys):
     monkeypatch.setenv("RLSD_TRACE_PLUGINS", "1")
-    get_plugin_manager().registry
+    monkeypatch.setenv("RLSD_LOAD_PLUGINS", "")  # no observers: only the tracing is under test
     get_plugin_manager().hook.rlsd_before_run(run=None)
     assert "[rlsd trace] call rlsd_before_run" in capsys.readouterr().err
