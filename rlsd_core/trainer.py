@@ -32,6 +32,7 @@ and, through sampling, diverge after a few steps.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -238,15 +239,22 @@ def task_counts(tasks: list[TaskData], total: int) -> list[int]:
     return counts
 
 
+@functools.lru_cache(maxsize=16)
+def _epoch_order(seed: int, task_index: int, epoch: int, n: int) -> tuple[int, ...]:
+    order = list(range(n))
+    random.Random(f"{seed}-{task_index}-{epoch}").shuffle(order)
+    return tuple(order)
+
+
 def draw_rows(tasks: list[TaskData], total: int, seed: int, step: int) -> list[tuple[TaskData, dict]]:
+    """The rows of step `step`: each task walks through its own seeded permutation, epoch after
+    epoch, `count` rows per step."""
     picked = []
     for t_index, (task, count) in enumerate(zip(tasks, task_counts(tasks, total))):
         n = len(task.train)
         for j in range((step - 1) * count, step * count):
             epoch, pos = divmod(j, n)
-            order = list(range(n))
-            random.Random(f"{seed}-{t_index}-{epoch}").shuffle(order)
-            picked.append((task, task.train[order[pos]]))
+            picked.append((task, task.train[_epoch_order(seed, t_index, epoch, n)[pos]]))
     return picked
 
 
