@@ -30,6 +30,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
                         help="override one field, e.g. --set optim.lr=1e-4 or "
                              "--set tasks.0.eval_size=200 (value read as YAML; repeatable)")
+    parser.add_argument("--suite", metavar="NAME_OR_FILE",
+                        help="train on a task suite: a shipped one (arithmetic, humaneval, mixed), "
+                             "a suite YAML file, or an installed task source (see docs/suites.md)")
+    parser.add_argument("--resume", metavar="RUN_DIR",
+                        help="continue RUN_DIR from its newest checkpoint with its config.yaml "
+                             "(further flags override it, e.g. --steps to extend the run)")
     parser.add_argument("--print-config", action="store_true",
                         help="print the resolved config as YAML and exit")
     parser.add_argument("--check", action="store_true",
@@ -104,15 +110,24 @@ def run_train(args: argparse.Namespace) -> int:
     from .plugins import UnknownNameError, get_plugin_manager
 
     console = Console(file=sys.stderr)
+    resume = run_dir = None
     try:
-        cfg = build_config(args.config, overrides_from_args(args))
+        pm = get_plugin_manager()
+        overrides = overrides_from_args(args)
+        config_file = args.config
+        if getattr(args, "resume", None):
+            from .checkpoint import resume_point
+            run_dir, config_file, resume = resume_point(args.resume)
+        if getattr(args, "suite", None):
+            from .suites import suite_tasks
+            overrides.insert(0, ("tasks", suite_tasks(args.suite, pm.registry)))
+        cfg = build_config(config_file, overrides)
         if args.print_config:
             print(cfg.to_yaml(), end="")
             return 0
-        pm = get_plugin_manager()
         from .config import check_plugins
         check_plugins(cfg, pm.registry)
-    except (ConfigError, UnknownNameError) as exc:
+    except (ConfigError, UnknownNameError, ValueError) as exc:  # incl. SuiteError, CheckpointError
         print(f"rlsd train: {exc}", file=sys.stderr)
         return 2
     if args.check:
@@ -120,6 +135,7 @@ def run_train(args: argparse.Namespace) -> int:
         return 0
     from transformers.utils import logging as hf_logging
 
+    from .checkpoint import CheckpointError
     from .tasks import TaskError
     from .trainer import train
 
@@ -127,8 +143,8 @@ def run_train(args: argparse.Namespace) -> int:
     hf_logging.disable_progress_bar()
 
     try:
-        train(cfg, pm, reporter=_WarmupProgress(console))
-    except (ConfigError, TaskError) as exc:
+        train(cfg, pm, reporter=_WarmupProgress(console), run_dir=run_dir, resume=resume)
+    except (ConfigError, TaskError, CheckpointError) as exc:
         print(f"rlsd train: {exc}", file=sys.stderr)
         return 2
     return 0

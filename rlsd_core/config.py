@@ -165,6 +165,8 @@ class TrainConfig(_Section):
                             description="Run directory; {timestamp} is replaced.")
     checkpoint_every: int = Field(0, ge=0, description="Checkpoint period in steps (0: only "
                                                        "the final one).")
+    checkpoint_keep: int = Field(3, ge=1, description="Checkpoints kept in <run_dir>/checkpoints "
+                                                      "(the newest; older ones are deleted).")
     threads: int = Field(0, ge=0, description="torch CPU threads (0: leave torch's choice).")
     model: ModelConfig = Field(default_factory=ModelConfig, description="Policy model.")
     warmup: WarmupConfig = Field(default_factory=WarmupConfig, description="Supervised warm-up.")

@@ -35,9 +35,7 @@ from __future__ import annotations
 import functools
 import json
 import math
-import os
 import random
-import shutil
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -46,7 +44,7 @@ from typing import Any, Callable
 
 import torch
 
-from . import algo
+from . import algo, checkpoint
 from .config import TrainConfig, check_plugins
 from .engines.base import SamplingParams, make_engine
 from .events import RunInfo
@@ -517,31 +515,11 @@ def evaluate(run: Run) -> dict[str, float]:
 
 
 # =================================================================================================
-# checkpoints: written atomically (temporary directory, then rename)
+# checkpoints: written atomically, the newest cfg.checkpoint_keep kept (rlsd_core.checkpoint)
 # =================================================================================================
 
 def save_checkpoint(run: Run, step: int) -> Path:
-    final = run.run_dir / "checkpoints" / f"step-{step:06d}"
-    tmp = final.with_name(final.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    run.model.save_pretrained(tmp)
-    run.tokenizer.save_pretrained(tmp)
-    state = {
-        "step": step,
-        "optimizer": run.optimizer.state_dict(),
-        "teacher": run.teacher.state_dict() if run.teacher is not None else None,
-        "scheduler": run.scheduler.state_dict() if hasattr(run.scheduler, "state_dict") else None,
-        "last_diagnostics": run.last_diagnostics,
-        "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
-        "config": run.cfg.model_dump(mode="json"),
-    }
-    torch.save(state, tmp / "trainer_state.pt")
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    return final
+    return checkpoint.save(run, step, keep=run.cfg.checkpoint_keep)
 
 
 # =================================================================================================
@@ -571,20 +549,26 @@ def summarize(run: Run, before: dict[str, float], after: dict[str, float], secon
 
 
 def train(cfg: TrainConfig, pm: PluginManager | None = None, *, reporter: Reporter = _quiet,
-          run_dir: Path | None = None) -> dict:
+          run_dir: Path | None = None, resume: Path | None = None) -> dict:
     """Run the whole training: setup, held-out eval, `cfg.steps` steps, final eval, checkpoint.
+    With `resume` (a checkpoint directory of `run_dir`) the run continues after that checkpoint's
+    step, as if it had never stopped (see rlsd_core.checkpoint).
     Returns the summary (also written to <run_dir>/summary.json)."""
     started = time.perf_counter()
     run = setup(cfg, pm, reporter=reporter, run_dir=run_dir)
     hook = run.pm.hook
-    step = 0
+    step = start = 0
     try:
+        if resume is not None:
+            start = checkpoint.restore(run, resume)  # trims the logs; sets run.info.start_step
         hook.rlsd_before_run(run=run.info)
-        before = evaluate(run)
-        run.eval_history[0] = before
-        hook.rlsd_after_step(run=run.info, step=0,
-                             metrics={f"eval/{k}": v for k, v in before.items()} | {"step": 0})
-        for step in range(1, cfg.steps + 1):
+        if start == 0:
+            before = evaluate(run)
+            run.eval_history[0] = before
+            hook.rlsd_after_step(run=run.info, step=0,
+                                 metrics={f"eval/{k}": v for k, v in before.items()} | {"step": 0})
+        before, after = run.eval_history[0], run.eval_history.get(cfg.steps)
+        for step in range(start + 1, cfg.steps + 1):
             metrics = train_step(run, step)
             if cfg.eval.every and step % cfg.eval.every == 0 and step != cfg.steps:
                 run.eval_history[step] = evaluate(run)

@@ -16,7 +16,9 @@ def _clean(value):
 
 class JsonlObserver:
     def before_run(self, run) -> None:
-        self.fh = open(run.run_dir / "metrics.jsonl", "w", encoding="utf-8")
+        # A resumed run (start_step > 1) appends after the lines its checkpoint kept.
+        mode = "a" if getattr(run, "start_step", 1) > 1 else "w"
+        self.fh = open(run.run_dir / "metrics.jsonl", mode, encoding="utf-8")
 
     def after_step(self, run, step, metrics) -> None:
         record = {"step": step, **{k: _clean(v) for k, v in metrics.items() if k != "step"}}
@@ -36,7 +38,8 @@ class SamplesObserver:
         self.every, self.per_step = every, per_step
 
     def before_run(self, run) -> None:
-        self.fh = open(run.run_dir / "samples.jsonl", "w", encoding="utf-8")
+        mode = "a" if getattr(run, "start_step", 1) > 1 else "w"
+        self.fh = open(run.run_dir / "samples.jsonl", mode, encoding="utf-8")
 
     def after_rollout(self, run, step, samples) -> None:
         if step != 1 and step % self.every:

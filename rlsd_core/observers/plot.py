@@ -58,6 +58,11 @@ def draw(history: list[dict], path, title: str = "") -> None:
 class PlotObserver:
     def before_run(self, run) -> None:
         self.history: list[dict] = []
+        metrics = run.run_dir / "metrics.jsonl"
+        if getattr(run, "start_step", 1) > 1 and metrics.is_file():  # resumed: plot earlier steps
+            import json
+            self.history = [json.loads(x) for x in metrics.read_text(encoding="utf-8").splitlines()
+                            if x.strip()]
 
     def after_step(self, run, step, metrics) -> None:
         self.history.append({**metrics, "step": step})
