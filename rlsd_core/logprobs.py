@@ -57,7 +57,8 @@ def _check_batch(prompt_ids, response_ids) -> None:
                              "response token from")
 
 
-def _accepts(model, name: str) -> bool:
+def accepts_kwarg(model, name: str) -> bool:
+    """Whether model.forward takes keyword `name` (e.g. logits_to_keep, not in every model)."""
     try:
         return name in inspect.signature(model.forward).parameters
     except (TypeError, ValueError):
@@ -86,7 +87,7 @@ def token_logprobs(model, prompt_ids: list[list[int]], response_ids: list[list[i
     device = next(model.parameters()).device
     n = len(prompt_ids)
     t_max = max((len(r) for r in response_ids), default=0)
-    keep_arg = _accepts(model, "logits_to_keep")
+    keep_arg = accepts_kwarg(model, "logits_to_keep")
 
     out_lp, out_mask, out_logits, out_ent = [], [], [], []
     for start in range(0, n, micro_batch):

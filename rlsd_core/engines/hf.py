@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from rlsd_core.engines.base import Generation, SamplingParams, WeightSyncError, check_prompts
+from rlsd_core.logprobs import accepts_kwarg
 
 
 def _eos_ids(model, tokenizer, eos_token_ids) -> tuple[int, ...]:
@@ -123,9 +124,11 @@ class HFEngine:
         lengths = torch.zeros(b, dtype=torch.long, device=device)
         past = None
         step_ids = ids
+        # Only the last position's logits are needed: skip the lm_head on the prompt.
+        keep = {"logits_to_keep": 1} if accepts_kwarg(self.model, "logits_to_keep") else {}
         for _ in range(params.max_new_tokens):
             out = self.model(input_ids=step_ids, attention_mask=attn, position_ids=positions,
-                             past_key_values=past, use_cache=True, logits_to_keep=1)
+                             past_key_values=past, use_cache=True, **keep)
             past = out.past_key_values
             nxt, lp = sample_next(out.logits[:, -1, :].float(), params, generator)
             nxt = nxt.masked_fill(done, self.pad_token_id)

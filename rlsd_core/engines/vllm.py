@@ -26,6 +26,7 @@ WeightSyncError and marks the engine broken (generate refuses to run) until a sy
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -142,7 +143,14 @@ class VLLMEngine:
         if torch.cuda.is_available():
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
         kwargs.update(llm_kwargs or {})
-        self.llm = vllm.LLM(**kwargs)
+        try:
+            # In-process vLLM seeds the global RNGs with `seed`; put the trainer's streams back.
+            with _rng_preserved():
+                self.llm = vllm.LLM(**kwargs)
+        except BaseException:
+            if self._tmpdir:
+                shutil.rmtree(self._tmpdir, ignore_errors=True)
+            raise
         self._vllm_sampling = vllm.SamplingParams
         self.max_model_len = max_model_len
         self.sync_timeout_s = sync_timeout_s
@@ -280,7 +288,9 @@ class VLLMEngine:
                 bucket.append(names[i])
                 i += 1
             with torch.no_grad():
-                converted = [(n, state[n].detach().to(self.device, self.dtype)) for n in bucket]
+                converted = [(n, state[n].detach().to(self.device, self.dtype)
+                              if state[n].is_floating_point() else state[n].detach().to(self.device))
+                             for n in bucket]
             for name, tensor in converted:
                 consumed.add(name)
                 yield name, tensor
@@ -364,6 +374,21 @@ class VLLMEngine:
     def _check_usable(self) -> None:
         if self.llm is None or self._broken:
             raise WeightSyncError(f"VLLMEngine cannot sample: {self._broken}")
+
+
+@contextlib.contextmanager
+def _rng_preserved():
+    import random
+
+    import numpy as np
+
+    states = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+    try:
+        yield
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.set_rng_state(states[2])
 
 
 def _save_for_vllm(model, tokenizer, out: Path) -> None:

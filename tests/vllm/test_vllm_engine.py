@@ -65,7 +65,12 @@ def _train(policy, tok, steps=2):
 @pytest.fixture(scope="module")
 def setup():
     policy, tok = load_tiny()
+    torch.manual_seed(123)
+    expected_next = torch.rand(3)
+    torch.manual_seed(123)
     engine = make_engine("vllm", policy, tok, dtype="float32", seed=0)
+    # vLLM seeds the global RNG in-process; the engine hands the trainer its stream back.
+    assert torch.equal(torch.rand(3), expected_next)
     prompts = [tok.encode(f"Q{i}: what is {i % 97} + {(7 * i) % 89}?") for i in range(N_PROMPTS)]
     yield policy, tok, engine, prompts
     engine.close()
