@@ -1,4 +1,5 @@
-"""The judge that runs inside the sandbox (never imported by the host).
+"""The judge that runs inside the sandbox (the host only reads its source; tests import it to
+check the codec).
 
 The host compiles it once with the sandbox's own interpreter and starts it, marshalled, as
 `python3 -I -S -B -X utf8 -c <bootstrap> <code> <config json>` inside bubblewrap,
@@ -7,8 +8,9 @@ where it is PID 1 of the sandbox's PID namespace (`bwrap --as-pid-1`). Standard 
 Two processes, so that candidate code never shares an address space with the judge:
 
 - J, the judge (this process, PID 1). It makes itself non-dumpable (no ptrace, no
-  /proc/<pid>/mem; the sandbox has no /proc anyway) and, being PID 1, cannot be signalled from
-  inside the namespace: `kill(getppid())` and `kill(-1)` from the candidate do not reach it.
+  /proc/<pid>/mem; the sandbox has no /proc anyway) and, being PID 1 with no signal handler
+  (SIGINT is ignored), cannot be signalled from inside the namespace: `kill(getppid())` and
+  `kill(-1)` from the candidate do not reach it.
 - C, a candidate process forked from J, which lowers its rlimits and then runs the candidate.
   C talks to J over two pipes with length-prefixed JSON messages; J decodes them strictly.
 
