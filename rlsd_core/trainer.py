@@ -47,6 +47,7 @@ import torch
 from . import algo, checkpoint, task_metrics
 from .config import TrainConfig, check_plugins
 from .engines.base import SamplingParams, make_engine
+from .evaluation import evaluate_task
 from .events import RunInfo
 from .leakage import leakage
 from .logprobs import token_logprobs
@@ -514,17 +515,10 @@ def _chunks(items: list[int], parts: int) -> list[list[int]]:
 # =================================================================================================
 
 def evaluate(run: Run) -> dict[str, float]:
-    cfg, tok = run.cfg, run.tokenizer
-    params = SamplingParams(n=1, temperature=0.0, max_new_tokens=cfg.eval.max_new_tokens,
-                            stop_token_ids=(tok.eos_token_id,))
-    out = {}
-    for task in run.tasks:
-        prompts = [render_prompt(tok, student_messages(row)) for row in task.eval]
-        gens = run.engine.generate(prompts, params)
-        texts = [tok.decode(g[0].token_ids, skip_special_tokens=True) for g in gens]
-        verdicts = run.verifiers[task.name].score(texts, task.eval)
-        out[task.name] = sum(v.category.value == "ok" for v in verdicts) / len(verdicts)
-    return out
+    """Greedy accuracy per task (rlsd_core.evaluation: the same code `rlsd eval` runs)."""
+    return {task.name: evaluate_task(run.engine, run.tokenizer, task, run.verifiers[task.name],
+                                     max_new_tokens=run.cfg.eval.max_new_tokens)["accuracy"]
+            for task in run.tasks}
 
 
 # =================================================================================================

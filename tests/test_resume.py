@@ -4,9 +4,9 @@ must log exactly the metrics an uninterrupted run logs, with nothing corrupt in 
 The runs use the real tiny model with real sampling and real backward passes. So that every
 step has mixed groups (and therefore real gradients, moving optimizer moments, a moving adaptive
 scheduler and teacher), the reward comes from a small verifier plugin installed for the test as
-a real distribution (a dist-info directory on PYTHONPATH with an `rlsd` entry point): a response
-of even length earns 1. The same plugin can stall one step after its rollout, which is where the
-test kills the process: deterministically mid-step, after sampling and before the update.
+a real distribution (tests/plugin_dist.py): a response of even length earns 1. The same plugin
+can stall one step after its rollout, which is where the test kills the process:
+deterministically mid-step, after sampling and before the update.
 
 Float determinism: the three processes run on one machine with one thread, so the comparison is
 exact. On other hardware or thread counts only the last bits may differ.
@@ -19,32 +19,14 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
 import pytest
 import yaml
 
+from plugin_dist import install
 from rlsd_core import checkpoint
-
-PLUGIN = textwrap.dedent('''
-    import os, time
-    from rlsd_core import VerifierRecord, hookimpl
-
-    def _even(completions, rows, **_):
-        return [1.0 if len(c) % 2 == 0 else 0.0 for c in completions]
-
-    @hookimpl
-    def rlsd_verifiers():
-        return [VerifierRecord(name="even_length", fn=_even, columns=(), in_process=True)]
-
-    @hookimpl
-    def rlsd_after_rollout(run, step, samples):
-        if str(step) == os.environ.get("RESUME_TEST_STALL_AT"):
-            (run.run_dir / "stalled").write_text(str(step))
-            time.sleep(600)
-''')
 
 CONFIG = {
     "seed": 3, "steps": 6, "threads": 1, "checkpoint_every": 2, "checkpoint_keep": 2,
@@ -64,13 +46,7 @@ CONFIG = {
 
 @pytest.fixture
 def env(tmp_path):
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "rlsd_resume_test_plugin.py").write_text(PLUGIN)
-    dist = site / "rlsd_resume_test_plugin-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: rlsd-resume-test-plugin\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[rlsd]\nresume_test = rlsd_resume_test_plugin\n")
+    site = install(tmp_path / "site")
     path = os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH", "")) if p)
     return {**os.environ, "PYTHONPATH": path, "RLSD_CACHE": str(tmp_path / "cache"),
             "OMP_NUM_THREADS": "1"}

@@ -1,0 +1,77 @@
+"""Held-out evaluation of a policy on tasks: greedy accuracy, and pass@k from sampled responses.
+
+The one copy of the evaluation logic: the trainer's held-out accuracy (`trainer.evaluate`, the
+`eval/<task>` metrics) and `rlsd eval` both call `evaluate_task`, so evaluating a checkpoint
+reproduces the number the run logged for it.
+
+Data flow per task: held-out rows -> student chat prompt (`tasks.render_prompt`, byte-identical
+to training) -> engine.generate in chunks of `chunk` prompts (greedy; then, for pass@k, `samples`
+responses per prompt at `temperature`, seeded) -> decoded text -> the task's verifier(s) ->
+  accuracy   fraction of rows whose greedy response is judged `ok`
+  pass@k     the unbiased estimator 1 - C(n-c, k) / C(n, k) per row (n samples, c of them ok),
+             averaged over rows (Chen et al. 2021, the HumanEval paper)
+Infrastructure faults (sandbox or verifier errors) are counted in `infra`, and count as not
+solved: an evaluation must not silently shrink its denominator.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from math import comb
+from typing import Callable, Sequence
+
+from .engines.base import SamplingParams
+from .tasks import TaskData, render_prompt, student_messages
+
+CHUNK = 32  # prompts per generate call: progress granularity and bounded memory
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Probability that at least one of k samples drawn from n (c correct) is correct."""
+    if k > n:
+        raise ValueError(f"pass@{k} needs at least {k} samples per problem, got {n}")
+    if n - c < k:
+        return 1.0
+    return 1.0 - comb(n - c, k) / comb(n, k)
+
+
+def _generate(engine, tokenizer, rows: Sequence[dict], params: SamplingParams, chunk: int,
+              on_chunk: Callable[[int], None] | None) -> list[list[str]]:
+    texts: list[list[str]] = []
+    base = params
+    for lo in range(0, len(rows), chunk):
+        part = rows[lo:lo + chunk]
+        prompts = [render_prompt(tokenizer, student_messages(row)) for row in part]
+        params = base
+        if base.seed is not None:  # each chunk its own seed, a function of its first row
+            params = dataclasses.replace(base, seed=base.seed + lo)
+        for group in engine.generate(prompts, params):
+            texts.append([tokenizer.decode(g.token_ids, skip_special_tokens=True) for g in group])
+        if on_chunk is not None:
+            on_chunk(len(part))
+    return texts
+
+
+def evaluate_task(engine, tokenizer, task: TaskData, verifier, *, max_new_tokens: int,
+                  samples: int = 0, ks: Sequence[int] = (), temperature: float = 1.0,
+                  seed: int = 0, chunk: int = CHUNK,
+                  on_chunk: Callable[[int], None] | None = None) -> dict:
+    """{"accuracy", "n", "infra", "pass@k"...} on task.eval (see the module doc)."""
+    rows = task.eval
+    stop = (tokenizer.eos_token_id,)
+    greedy = SamplingParams(n=1, temperature=0.0, max_new_tokens=max_new_tokens, stop_token_ids=stop)
+    texts = [t[0] for t in _generate(engine, tokenizer, rows, greedy, chunk, on_chunk)]
+    verdicts = verifier.score(texts, rows)
+    out = {"accuracy": sum(v.category.value == "ok" for v in verdicts) / len(rows), "n": len(rows),
+           "infra": sum(v.is_infra for v in verdicts)}
+    if samples and ks:
+        sampled = SamplingParams(n=samples, temperature=temperature, max_new_tokens=max_new_tokens,
+                                 stop_token_ids=stop, seed=seed)
+        groups = _generate(engine, tokenizer, rows, sampled, chunk, on_chunk)
+        flat = verifier.score([t for g in groups for t in g], [r for r in rows for _ in range(samples)])
+        correct = [sum(v.category.value == "ok" for v in flat[i * samples:(i + 1) * samples])
+                   for i in range(len(rows))]
+        out["infra"] += sum(v.is_infra for v in flat)
+        for k in ks:
+            out[f"pass@{k}"] = sum(pass_at_k(samples, c, k) for c in correct) / len(rows)
+    return out
