@@ -63,6 +63,9 @@ class VerifierRecord:
     cacheable: deterministic in (gold, extracted answer): results may be cached.
     cache_key: optional fn(completion, row, **options) -> str | None giving the normalised
       extracted answer plus whatever else decides the verdict; None disables caching for it.
+    startup_check: optional fn(**options) -> None, called once when a runtime for this verifier
+      starts; it raises (with install instructions) when the verifier cannot work on this
+      machine, e.g. the code verifier without bubblewrap.
     """
 
     name: str
@@ -75,6 +78,7 @@ class VerifierRecord:
     in_process: bool = False
     cacheable: bool = True
     cache_key: Callable[..., str | None] | None = None
+    startup_check: Callable[..., None] | None = None
 
     kind = "verifier"
 

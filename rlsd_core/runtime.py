@@ -293,7 +293,7 @@ class _Pool:
                  memory_limit_mb: int | None, stats: dict, stats_lock: threading.Lock) -> None:
         try:
             # the cache key runs in the parent only: the worker needs fn (by reference)
-            self._blob = pickle.dumps(dataclasses.replace(record, cache_key=None))
+            self._blob = pickle.dumps(dataclasses.replace(record, cache_key=None, startup_check=None))
         except Exception as exc:  # noqa: BLE001
             raise ValueError(
                 f"verifier {record.name!r} cannot be sent to a worker process ({exc}); define its "
@@ -650,6 +650,9 @@ class VerifierRuntime:
             self._options_key = repr(sorted(self.options.items(), key=lambda kv: kv[0]))
         self._pool: _Pool | None = None
         self._closed = False
+        if record.startup_check is not None:
+            # Refuse here, loudly, rather than mask every sample later (e.g. no bubblewrap).
+            record.startup_check(**self.options)
         if not record.in_process:
             self._pool = _Pool(record, self.options, self.workers, self.timeout, memory_limit_mb,
                                self._stats, self._stats_lock)

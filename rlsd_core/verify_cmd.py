@@ -69,9 +69,14 @@ def run_verify(args: argparse.Namespace) -> int:
         err.print(f"[red]rlsd verify:[/red] {exc}")
         return 2
 
+    try:
+        runtime = VerifierRuntime(record, options, workers=args.workers, timeout=args.timeout)
+    except Exception as exc:  # noqa: BLE001 - a start-up check says what to install
+        err.print(f"[red]rlsd verify:[/red] verifier {record.name!r} cannot start: {exc}")
+        return 2
     verdicts = []
     start = time.perf_counter()
-    with VerifierRuntime(record, options, workers=args.workers, timeout=args.timeout) as runtime, Progress(
+    with runtime, Progress(
             TextColumn(f"verifying with {record.name}"), BarColumn(), MofNCompleteColumn(),
             TimeRemainingColumn(), console=err, disable=not err.is_terminal) as progress:
         task = progress.add_task("verify", total=len(rows))

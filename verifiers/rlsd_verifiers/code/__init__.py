@@ -254,6 +254,13 @@ def score(completions: Sequence[Any], rows: Sequence[Mapping[str, Any]], **optio
     return [score_one(c, r, **options) for c, r in zip(completions, rows)]
 
 
+def startup_check(**options: Any) -> None:
+    """Refuse at start-up (SandboxUnavailable, with install help) when the sandbox cannot run
+    here, unless the caller explicitly opted into the degraded mode."""
+    if options.get("sandbox", "bwrap") == "bwrap":
+        check_sandbox(options.get("python", "/usr/bin/python3"), options.get("bwrap"))
+
+
 RECORD = VerifierRecord(
     name=NAME,
     fn=score,
@@ -266,6 +273,7 @@ RECORD = VerifierRecord(
     time_budget_s=15.0,
     in_process=False,
     cacheable=False,
+    startup_check=startup_check,
 )
 
 
