@@ -131,11 +131,19 @@ def run_train(args: argparse.Namespace) -> int:
         print(f"rlsd train: {exc}", file=sys.stderr)
         return 2
     if args.check:
+        from .tasks import TaskError, load_task
+        try:  # the rows too (columns, templates, data files): everything but the model
+            for task in cfg.tasks:
+                load_task(task, pm.registry, seed=cfg.seed)
+        except TaskError as exc:
+            print(f"rlsd train: {exc}", file=sys.stderr)
+            return 2
         console.print("config OK")
         return 0
     from transformers.utils import logging as hf_logging
 
     from .checkpoint import CheckpointError
+    from .models import ModelSpecError
     from .tasks import TaskError
     from .trainer import train
 
@@ -144,7 +152,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     try:
         train(cfg, pm, reporter=_WarmupProgress(console), run_dir=run_dir, resume=resume)
-    except (ConfigError, TaskError, CheckpointError) as exc:
+    except (ConfigError, TaskError, CheckpointError, ModelSpecError) as exc:
         print(f"rlsd train: {exc}", file=sys.stderr)
         return 2
     return 0
