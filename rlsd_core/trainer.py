@@ -51,12 +51,12 @@ from .evaluation import evaluate_task
 from .events import RunInfo
 from .leakage import leakage
 from .logprobs import token_logprobs
+from .models import resolve_model
 from .plugins import PluginManager, get_plugin_manager
 from .records import InjectorContext
 from .suites import build_task_schedulers, build_verifier
 from .tasks import TaskData, load_task, render_prompt, student_messages
 from .teacher import Teacher
-from .models import resolve_model
 
 Reporter = Callable[[str, dict], None]  # (event, payload): warm-up progress, messages
 

@@ -33,7 +33,7 @@ def test_smollm2_trains_two_rlsd_steps_on_a_reasoning_gym_suite(tmp_path):
     tasks = [{**t, "eval_size": 2, "train_size": 40} for t in suite_tasks("arithmetic", pm.registry)]
     cfg = build_config(overrides=[
         ("model.name_or_path", "smollm2-135m-instruct"), ("tasks", tasks), ("steps", 2),
-        ("threads", 2), ("output_dir", str(tmp_path / "run")), ("rollout.prompts_per_step", 2),
+        ("threads", 1), ("output_dir", str(tmp_path / "run")), ("rollout.prompts_per_step", 2),
         ("rollout.group_size", 2), ("rollout.max_new_tokens", 12), ("rollout.temperature", 0.7),
         ("eval.max_new_tokens", 12), ("eval.every", 0), ("log.console", False),
         ("log.plot", False), ("log.samples_every", 1), ("optim.lr", 1e-5),
