@@ -2,9 +2,10 @@
 package ships, dequantised once by rlsd_core.models, with its own chat template) trains for two
 RLSD steps on the shipped reasoning-gym `arithmetic` suite, on the CPU.
 
-Kept small for CI (< 3 minutes on 2 cores, most of it the teacher and student forwards): two
-steps of 2 prompts x 4 samples, 12 new tokens, 2 held-out problems per task. The measured step
-time of a realistic batch is in docs/suites.md.
+Kept small for CI (< 3 minutes on 2 quiet cores, most of it loading the model and the forwards):
+two steps of 2 prompts x 2 samples, 12 new tokens, 2 held-out problems per task, one torch thread
+(on a machine shared with other jobs two threads spin against each other: measured 3-5x slower
+than one). The measured step time of a realistic batch is in docs/suites.md.
 """
 
 from __future__ import annotations
