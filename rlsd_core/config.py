@@ -47,7 +47,7 @@ class ModelConfig(_Section):
 class WarmupConfig(_Section):
     enabled: Literal["auto", "true", "false"] = Field(
         "auto", description="Supervised warm-up before RL (cached): auto = only for model 'tiny'.")
-    steps: int = Field(420, ge=0, description="Warm-up optimizer steps.")
+    steps: int = Field(400, ge=0, description="Warm-up optimizer steps.")
     batch_size: int = Field(64, ge=1, description="Warm-up examples per step.")
     lr: float = Field(2e-3, gt=0, description="Warm-up peak learning rate (AdamW, cosine decay).")
     privileged_fraction: float = Field(

@@ -7,10 +7,10 @@ verifier checks and the default injector shows the teacher); built-in rows also 
 `target`, the response the supervised warm-up teaches.
 
 Built-in tasks (the embedded default uses both):
-  addition  "What is 23 + 45?" -> "\\boxed{68}"   scored by the `math` verifier
-  reverse   "Reverse the letters: c a t" -> "t a c"   scored by `exact_match`
-Letters are spaced so that the byte-level tokenizer gives one token per letter, which is what
-lets a 3 M-parameter model learn to reverse them.
+  addition  "What is 47 + 5?" -> "47+5=\\boxed{52}"   scored by the `math` verifier
+  reverse   "Reverse the letters: [c,a,t]" -> "t,a,c"   scored by `exact_match`
+Both are sized for the embedded default: a 3.2 M-parameter model must get off the ground in a
+warm-up of about a minute and a half on two CPU cores.
 
 Generation is deterministic in (task options, seed): every distinct problem is enumerated (or
 drawn without replacement), shuffled with `random.Random(seed)`, and the first `eval_size`
@@ -64,26 +64,36 @@ def render_prompt(tokenizer, messages: list[dict]) -> list[int]:
 
 # --- built-in generators ------------------------------------------------------------------------
 
-def addition_rows(*, digits: int = 2, seed: int = 0) -> list[dict]:
-    """Every a + b with `digits`-digit operands, shuffled; answer in \\boxed{} (math verifier)."""
-    if not 1 <= digits <= 3:
-        raise TaskError(f"addition: digits must be 1, 2 or 3, got {digits!r}")
+def addition_rows(*, digits: int = 2, second_digits: int = 1, seed: int = 0) -> list[dict]:
+    """Every a + b with a `digits`-digit a and a `second_digits`-digit b (0 allowed), shuffled;
+    answer in \\boxed{} (math verifier). The default (2-digit + 1-digit, 900 problems) is what
+    the 3 M-parameter model learns in the warm-up budget; 2 + 2 digits takes it several times
+    longer (a carry into the hundreds)."""
+    for name, value in (("digits", digits), ("second_digits", second_digits)):
+        if not isinstance(value, int) or not 1 <= value <= 3:
+            raise TaskError(f"addition: {name} must be 1, 2 or 3, got {value!r}")
     low = 0 if digits == 1 else 10 ** (digits - 1)
-    pairs = list(product(range(low, 10 ** digits), repeat=2))
+    pairs = list(product(range(low, 10 ** digits), range(0, 10 ** second_digits)))
     random.Random(seed).shuffle(pairs)
+    # The target restates the sum before boxing its value: the digits of the answer are then
+    # computed next to the operands they depend on (a short scratchpad), which a tiny model
+    # learns in a few hundred steps; "\\boxed{52}" straight after the prompt takes far longer.
     return [{"id": f"add-{a}+{b}", "prompt": f"What is {a} + {b}?", "answer": str(a + b),
-             "target": f"\\boxed{{{a + b}}}"} for a, b in pairs]
+             "target": f"{a}+{b}=\\boxed{{{a + b}}}"} for a, b in pairs]
 
 
-def reverse_rows(*, min_len: int = 3, max_len: int = 5, alphabet: str = "abcdefghijklmnop",
-                 count: int = 6000, seed: int = 0) -> list[dict]:
-    """Distinct random 'words' of spaced letters and their reversal (exact_match verifier)."""
+def reverse_rows(*, min_len: int = 3, max_len: int = 3, alphabet: str = "abcdefghijklmnop",
+                 count: int = 4000, seed: int = 0) -> list[dict]:
+    """Distinct random 'words' and their reversal (exact_match verifier), written as
+    comma-separated letters in brackets, "[c,a,t]" -> "t,a,c": the byte-level tokenizer then
+    gives one token per letter everywhere (spaced letters merge into tokens such as " a" for
+    some letters and not others, which a tiny model cannot line up)."""
     if not 1 <= min_len <= max_len <= 12:
         raise TaskError(f"reverse: need 1 <= min_len <= max_len <= 12, got {min_len}, {max_len}")
     if len(set(alphabet)) < 2 or not alphabet.isalpha():
         raise TaskError(f"reverse: alphabet must be at least two letters, got {alphabet!r}")
     rng = random.Random(seed)
-    space = sum(len(alphabet) ** n for n in range(min_len, max_len + 1))
+    space = sum(len(set(alphabet)) ** n for n in range(min_len, max_len + 1))
     count = min(count, space)
     seen: set[str] = set()
     words: list[str] = []
@@ -94,8 +104,8 @@ def reverse_rows(*, min_len: int = 3, max_len: int = 5, alphabet: str = "abcdefg
             words.append(word)
     rows = []
     for word in words:
-        spaced, backwards = " ".join(word), " ".join(reversed(word))
-        rows.append({"id": f"rev-{word}", "prompt": f"Reverse the letters: {spaced}",
+        backwards = ",".join(reversed(word))
+        rows.append({"id": f"rev-{word}", "prompt": f"Reverse the letters: [{','.join(word)}]",
                      "answer": backwards, "target": backwards})
     return rows
 

@@ -36,7 +36,11 @@ def results_table(summary: dict) -> Table:
 
 class ConsoleObserver:
     def __init__(self, console: Console | None = None) -> None:
-        self.console = console or Console(file=sys.stderr)
+        if console is None:
+            console = Console(file=sys.stderr)
+            if not console.is_terminal:  # a log file or a pipe: no 80-column wrapping of the table
+                console = Console(file=sys.stderr, width=120)
+        self.console = console
         self.progress: Progress | None = None
 
     def before_run(self, run) -> None:
