@@ -9,9 +9,9 @@ Data flow:
   step-time benchmark (GRPO and RLSD steps alternated, so that load from other processes hits
   both alike) -> a reproducibility rerun -> results.json, table.md and PNG plots in --out.
 
-The task: "What is 47 + 5 + 8?" -> "47+5=52, 52+8=\\boxed{60}", only the boxed final number
+The task: "What is 7 + 5 + 8?" -> "7+5=12, 12+8=\\boxed{20}", only the boxed final number
 scored (exact_match). The teacher sees the gold final answer (the release's reference_answer
-prompt). The final answer constrains the intermediate tokens (52 = 60 - 8), so the privileged
+prompt). The final answer constrains the intermediate tokens (12 = 20 - 8), so the privileged
 answer carries per-token information for credit assignment, which is what RLSD needs; the
 teacher check measures whether the tiny model actually uses it.
 
@@ -20,6 +20,9 @@ the other, so a held-out problem was never seen in the warm-up whatever the RL s
 
     python bench/compare_methods.py --quick --out runs/compare-quick     # CI: a few minutes
     python bench/compare_methods.py --out runs/compare                   # full: see docs/results.md
+    python bench/compare_methods.py --out runs/compare --aggregate-only  # table + plots again
+
+The full mode's settings, run time and results are in docs/results.md.
 
 Nothing here re-implements the loop: training is `train(cfg, pm)`, evaluation is the trainer's
 `evaluate`, step timing reads the trainer's own `time/step_s` metric, leakage is
@@ -68,26 +71,24 @@ def _problem_order(total: int) -> tuple[int, ...]:
     return tuple(order)
 
 
-RL_POOL = 2000  # problems reserved for RL training and held-out evaluation
-SMALL = 9       # b and c are 1..SMALL; a is two-digit
+RL_POOL = 400  # problems reserved for RL training and held-out evaluation; the other 600 warm up
 
 
 def chain_rows(pool: str = "rl", size: int = RL_POOL) -> list[dict]:
-    """Distinct a + b + c problems (a two-digit, b and c one-digit: 7,290 in all). Pool 'rl' and
-    pool 'warmup' never share a problem: both are cut from one fixed shuffle of the problem
-    space, the RL pool first."""
+    """Distinct a + b + c problems with one-digit a, b, c (1,000 in all). Pool 'rl' and pool
+    'warmup' never share a problem: both are cut from one fixed shuffle of the problem space,
+    the RL pool first."""
     if pool not in ("rl", "warmup"):
         raise ValueError(f"{TASK_SOURCE}: pool must be 'rl' or 'warmup', got {pool!r}")
-    order = _problem_order(90 * SMALL * SMALL)
+    order = _problem_order(1000)
     limit = RL_POOL if pool == "rl" else len(order) - RL_POOL
     if not 1 <= size <= limit:
         raise ValueError(f"{TASK_SOURCE}: pool {pool!r} holds {limit} problems, asked for {size}")
     chosen = order[:size] if pool == "rl" else order[RL_POOL:RL_POOL + size]
     rows = []
     for k in chosen:
-        a, rest = divmod(k, SMALL * SMALL)
-        b, c = divmod(rest, SMALL)
-        a, b, c = a + 10, b + 1, c + 1
+        a, rest = divmod(k, 100)
+        b, c = divmod(rest, 10)
         s1, s2 = a + b, a + b + c
         rows.append({"id": f"chain-{a}+{b}+{c}", "prompt": f"What is {a} + {b} + {c}?",
                      "answer": str(s2), "target": f"{a}+{b}={s1}, {s1}+{c}=\\boxed{{{s2}}}"})
@@ -126,17 +127,19 @@ def warm_start(pm, settings: dict, out: Path, log) -> tuple[Path, list]:
     pool only. Cached in `out/warm_start` (reused when its settings match).
 
     Built from rlsd_core.warmup's own pieces (`build_examples`, with 25% privileged prompts, and
-    `train_supervised`), called in chunks with a greedy dev evaluation after each, and stopped
-    at the first chunk whose dev accuracy reaches `warmup_target`: the environment notes say
-    warm-up accuracy jumps, so a fixed step count cannot be trusted to land in the 20-70% band,
-    and `warmed_up_dir` runs a fixed count. Each chunk restarts the optimizer and its short
-    LR ramp (a cyclic schedule) and draws fresh batches (seed per chunk)."""
+    `train_supervised`, one call, one cosine schedule), with a greedy dev evaluation every
+    `warmup_chunk` steps that stops it once dev accuracy reaches `warmup_target` (or after
+    `warmup_seconds`): the environment notes say warm-up accuracy jumps, so a fixed step count
+    cannot be trusted to land in the 20-70% band, and `warmed_up_dir` runs a fixed count.
+    (Calling train_supervised in chunks instead restarts AdamW each time, whose first steps
+    move every weight by ~lr: measured here, it undid the progress of each chunk.)"""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from rlsd_core.trainer import evaluate, teacher_messages_fn
     from rlsd_core.warmup import build_examples, train_supervised
 
-    keys = ("warmup_steps", "warmup_chunk", "warmup_batch", "warmup_lr", "warmup_target", "warmup_pool")
+    keys = ("warmup_steps", "warmup_chunk", "warmup_batch", "warmup_lr", "warmup_target", "warmup_pool",
+            "warmup_seconds")
     wanted = {k: settings[k] for k in keys}
     target_dir = out / "warm_start"
     meta_path = target_dir / "warm_start.json"
@@ -146,7 +149,7 @@ def warm_start(pm, settings: dict, out: Path, log) -> tuple[Path, list]:
             log(f"warm start: reusing {target_dir} (dev accuracy {meta['curve'][-1]})")
             return target_dir, meta["curve"]
     registry = pm.registry
-    task = load_task(task_config("warmup", settings["warmup_pool"], 200), registry, seed=WARMUP_SEED)
+    task = load_task(task_config("warmup", settings["warmup_pool"], 100), registry, seed=WARMUP_SEED)
     base = tiny_model_dir()
     tok = AutoTokenizer.from_pretrained(base)
     tok.padding_side = "left"
@@ -159,21 +162,29 @@ def warm_start(pm, settings: dict, out: Path, log) -> tuple[Path, list]:
                              tokenizer=tok, tasks=[task], engine=make_engine("hf", model, tok),
                              verifiers={task.name: VerifierRuntime(registry.verifier(task.verifier),
                                                                    task.verifier_options)})
-    t0, done, curve = time.perf_counter(), 0, []
-    chunk = 0
-    while done < settings["warmup_steps"]:
-        n = min(settings["warmup_chunk"], settings["warmup_steps"] - done)
-        losses = train_supervised(model, examples, steps=n, batch_size=settings["warmup_batch"],
-                                  lr=settings["warmup_lr"], seed=WARMUP_SEED * 1000 + chunk,
-                                  pad_id=tok.pad_token_id)
-        done += n
-        chunk += 1
+    t0, curve = time.perf_counter(), []
+
+    class _Reached(Exception):
+        pass
+
+    def on_step(i: int, n: int, loss: float) -> None:
+        if i % settings["warmup_chunk"] and i != n:
+            return
         acc = evaluate(ev_run)[task.name]
-        curve.append([done, acc])
-        log(f"  warm-up {done}/{settings['warmup_steps']} steps, loss {statistics.fmean(losses[-10:]):.3f}, "
-            f"dev greedy accuracy {acc:.3f} ({time.perf_counter() - t0:.0f} s)")
-        if acc >= settings["warmup_target"]:
-            break
+        model.train()
+        curve.append([i, acc])
+        log(f"  warm-up {i}/{n} steps, loss {loss:.3f}, dev greedy accuracy {acc:.3f} "
+            f"({time.perf_counter() - t0:.0f} s)")
+        if acc >= settings["warmup_target"] or time.perf_counter() - t0 > settings["warmup_seconds"]:
+            raise _Reached
+
+    try:
+        train_supervised(model, examples, steps=settings["warmup_steps"], batch_size=settings["warmup_batch"],
+                         lr=settings["warmup_lr"], seed=WARMUP_SEED, pad_id=tok.pad_token_id, on_step=on_step)
+    except _Reached:  # train_supervised updates `model` in place: it holds the weights reached
+        pass
+    model.eval()
+    done = curve[-1][0]
     ev_run.engine.close()
     tmp = target_dir.with_name(target_dir.name + ".tmp")
     import shutil
@@ -637,12 +648,13 @@ def plot_all(records: list[dict], out_dir: Path, settings: dict) -> list[Path]:
 # main
 # =================================================================================================
 
-FULL = {"steps": 20, "seeds": 3, "eval_size": 300, "eval_every": 5, "prompts": 8, "group": 8,
-        "warmup_steps": 800, "warmup_chunk": 50, "warmup_batch": 64, "warmup_target": 0.3,
-        "warmup_pool": 5290, "timing_steps": 6}
+FULL = {"steps": 12, "seeds": 3, "eval_size": 200, "eval_every": 4, "prompts": 8, "group": 8,
+        "warmup_steps": 500, "warmup_chunk": 25, "warmup_batch": 64, "warmup_target": 0.25,
+        "warmup_seconds": 720, "warmup_pool": 600, "timing_steps": 4}
 QUICK = {"steps": 3, "seeds": 1, "eval_size": 16, "eval_every": 2, "prompts": 4, "group": 4,
          "warmup_steps": 8, "warmup_chunk": 8, "warmup_batch": 16, "warmup_target": 1.0,
-         "warmup_pool": 1000, "timing_steps": 2}
+         "warmup_seconds": 600,
+         "warmup_pool": 600, "timing_steps": 2}
 
 
 def parse_args(argv=None):
@@ -651,16 +663,22 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true", help="tiny settings for CI: checks that it runs")
     p.add_argument("--out", default="runs/compare", help="output directory (records, runs, plots)")
     p.add_argument("--seeds", type=int, default=None, help="seeds per method (full: 3)")
-    p.add_argument("--steps", type=int, default=None, help="RL steps per run; GRPO also runs 2x (full: 20)")
-    p.add_argument("--eval-size", type=int, default=None, help="held-out problems (full: 300)")
-    p.add_argument("--eval-every", type=int, default=None, help="held-out evaluation period (full: 5)")
+    p.add_argument("--steps", type=int, default=None, help="RL steps per run; GRPO also runs 2x (full: 12)")
+    p.add_argument("--first-seed", type=int, default=0,
+                   help="seeds are first-seed .. first-seed + seeds - 1 (to split seeds across processes)")
+    p.add_argument("--eval-size", type=int, default=None, help="held-out problems (full: 200)")
+    p.add_argument("--eval-every", type=int, default=None, help="held-out evaluation period (full: 4)")
     p.add_argument("--warmup-steps", type=int, default=None,
-                   help="most supervised warm-up steps (full: 800, stopped early at the target)")
+                   help="most supervised warm-up steps (full: 500, stopped early at the target)")
     p.add_argument("--warmup-target", type=float, default=None,
-                   help="stop the warm-up once dev greedy accuracy reaches this (full: 0.3)")
+                   help="stop the warm-up once dev greedy accuracy reaches this (full: 0.25)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1)")
     p.add_argument("--lr", type=float, default=1e-4, help="RL learning rate, all methods (default 1e-4)")
-    p.add_argument("--skip", default="", help="comma list of stages to skip: timing,repro,grpo2x")
+    p.add_argument("--arms", default=",".join(METHODS + ("grpo-2x",)),
+                   help="comma list of arms to train (default all: grpo,opsd,grpo+opsd,rlsd,grpo-2x); "
+                        "arms can run in separate processes with separate --out and be merged "
+                        "by copying records/ and running --aggregate-only")
+    p.add_argument("--skip", default="", help="comma list of stages to skip: teacher,timing,repro,grpo2x")
     p.add_argument("--aggregate-only", action="store_true", help="rebuild the table and plots from --out")
     return p.parse_args(argv)
 
@@ -675,6 +693,10 @@ def main(argv=None) -> int:
                 "max_new_tokens": 32, "rl_pool": RL_POOL, "lambda_decay": max(1, base["steps"] // 2),
                 "quick": args.quick}
     skip = {s for s in args.skip.split(",") if s}
+    arms = [a for a in args.arms.split(",") if a]
+    unknown = set(arms) - set(METHODS) - {"grpo-2x"}
+    if unknown:
+        raise SystemExit(f"--arms: unknown arm(s) {sorted(unknown)}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     logfile = (out / "log.txt").open("a", encoding="utf-8")
@@ -688,7 +710,7 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    seeds = list(range(settings["seeds"]))
+    seeds = list(range(args.first_seed, args.first_seed + settings["seeds"]))
     results_path = out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     results.update({"settings": settings, "command": "python bench/compare_methods.py " + " ".join(argv or sys.argv[1:]),
@@ -705,25 +727,21 @@ def main(argv=None) -> int:
         log(f"settings: {json.dumps(settings)}")
         warm_dir, curve = warm_start(pm, settings, out, log)
         results["warm_start"] = {"dir": str(warm_dir), "dev_curve": curve}
-        if "teacher_check" not in results:
+        if "teacher_check" not in results and "teacher" not in skip:
             results["teacher_check"] = teacher_check(pm, warm_dir, settings, log)
             save()
-        # Seed-major order: an interrupted run still has every method for its first seeds; the
-        # long GRPO-2x runs come after all of them.
+        # Seed-major order, so that an interrupted run still has every method for its first
+        # seeds; the step-time benchmark right after the first seed, the same-seed rerun after
+        # the last, and the long GRPO-2x runs at the end.
         for seed in seeds:
-            for method in METHODS:
+            for method in [m for m in METHODS if m in arms]:
                 run_one(pm, collector, method, seed, settings["steps"], settings, warm_dir, out, log)
             aggregate(out, settings, results, log)
             save()
-        if "grpo2x" not in skip:
-            for seed in seeds:
-                run_one(pm, collector, "grpo-2x", seed, 2 * settings["steps"], settings, warm_dir, out, log)
-                aggregate(out, settings, results, log)
+            if "timing" not in skip and "timing" not in results:
+                results["timing"] = step_time_benchmark(pm, settings, warm_dir, out, settings["timing_steps"], log)
                 save()
-        if "timing" not in skip and "timing" not in results:
-            results["timing"] = step_time_benchmark(pm, settings, warm_dir, out, settings["timing_steps"], log)
-            save()
-        if "repro" not in skip and "repro" not in results:
+        if "repro" not in skip and "repro" not in results and "rlsd" in arms:
             first = json.loads((out / "records" / f"rlsd-s{seeds[0]}.json").read_text())
             again = run_one(pm, collector, "rlsd", seeds[0], settings["steps"], settings, warm_dir,
                             out / "repro", log, name=f"rlsd-s{seeds[0]}-again")
@@ -731,6 +749,11 @@ def main(argv=None) -> int:
                                 "heldout_leakage_equal": first["heldout_leakage"] == again["heldout_leakage"]}
             log(f"reproducibility: {results['repro']}")
             save()
+        if "grpo2x" not in skip and "grpo-2x" in arms:
+            for seed in seeds:
+                run_one(pm, collector, "grpo-2x", seed, 2 * settings["steps"], settings, warm_dir, out, log)
+                aggregate(out, settings, results, log)
+                save()
     aggregate(out, settings, results, log)
     results["total_seconds_this_invocation"] = time.perf_counter() - started
     save()
@@ -744,6 +767,17 @@ def aggregate(out: Path, settings: dict, results: dict, log) -> None:
         return
     agg = summarize_records(records, settings)
     results["aggregate"] = agg
+    # A free reproducibility check: GRPO for N steps and the first N steps of GRPO-2x are the
+    # same configuration and seed but for the step count (run in separate processes), so their
+    # logged metrics must agree step for step.
+    by_name = {r["name"]: r for r in records}
+    prefix = {}
+    for r in records:
+        twin = by_name.get(f"grpo-2x-s{r['seed']}") if r["method"] == "grpo" else None
+        if twin is not None:
+            prefix[f"seed {r['seed']}"] = compare_histories(r["history"], twin["history"][:len(r["history"])])
+    if prefix:
+        results["repro_grpo_vs_grpo2x_prefix"] = prefix
     table = table_markdown(agg)
     (out / "table.md").write_text(table)
     plot_all(records, out / "plots", settings)
