@@ -18,10 +18,19 @@ import difflib
 import types
 import typing
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Annotated, Any, Iterator, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+
+
+def _bool_word(value: Any) -> Any:
+    # YAML (files and command-line values alike) reads `false` as a bool; these fields spell it.
+    return str(value).lower() if isinstance(value, bool) else value
+
+
+# "auto" or an explicit yes/no.
+AutoBool = Annotated[Literal["auto", "true", "false"], BeforeValidator(_bool_word)]
 
 
 class ConfigError(ValueError):
@@ -45,7 +54,7 @@ class ModelConfig(_Section):
 
 
 class WarmupConfig(_Section):
-    enabled: Literal["auto", "true", "false"] = Field(
+    enabled: AutoBool = Field(
         "auto", description="Supervised warm-up before RL (cached): auto = only for model 'tiny'.")
     steps: int = Field(400, ge=0, description="Warm-up optimizer steps.")
     batch_size: int = Field(64, ge=1, description="Warm-up examples per step.")
@@ -177,7 +186,7 @@ class LogConfig(_Section):
     console: bool = Field(True, description="Progress bar and the final table.")
     jsonl: bool = Field(True, description="metrics.jsonl in the run directory.")
     plot: bool = Field(True, description="plot.png in the run directory.")
-    tensorboard: Literal["auto", "true", "false"] = Field(
+    tensorboard: AutoBool = Field(
         "auto", description="TensorBoard event files (auto: when the package is installed).")
     samples_every: int = Field(10, ge=0, description="Write a few decoded samples every N steps "
                                                      "to samples.jsonl (0: never).")

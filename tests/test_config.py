@@ -196,3 +196,11 @@ def test_configuration_doc_lists_every_field():
     names = [d for d, *_ in iter_fields()] + [d for d, *_ in iter_fields(TaskConfig, "tasks[N].")]
     missing = [n for n in names if f"`{n}`" not in doc]
     assert not missing, f"docs/configuration.md lacks {missing}"
+
+
+def test_auto_bool_fields_accept_yaml_booleans():
+    """`--warmup.enabled false` (and `enabled: false` in YAML) arrive as bools; both spellings work."""
+    from rlsd_core.config import TrainConfig
+
+    cfg = TrainConfig.model_validate({"warmup": {"enabled": False}, "log": {"tensorboard": True}})
+    assert (cfg.warmup.enabled, cfg.log.tensorboard) == ("false", "true")
