@@ -19,12 +19,13 @@ become the held-out split, so the two splits never share a problem.
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass, field
 from itertools import product
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
+
+from . import jsonl
 
 
 class TaskError(ValueError):
@@ -118,23 +119,11 @@ BUILTIN: dict[str, tuple[Callable[..., list[dict]], str, str]] = {
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
-    """Rows from a JSONL file; each line an object with at least `prompt` and `answer`."""
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise TaskError(f"task file {str(p)!r} does not exist")
-    rows = []
-    with p.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise TaskError(f"{p}:{lineno}: not valid JSON ({exc.msg})") from exc
-            if not isinstance(row, dict):
-                raise TaskError(f"{p}:{lineno}: each line must be a JSON object")
-            rows.append(row)
-    return rows
+    """Rows from a JSONL task file; each line an object with at least `prompt` and `answer`."""
+    try:
+        return jsonl.read_jsonl(path)
+    except jsonl.JsonlError as exc:
+        raise TaskError(f"task file: {exc}") from exc
 
 
 def check_rows(name: str, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> None:

@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from .jsonl import JsonlError, read_jsonl
 from .plugins import UnknownNameError, get_plugin_manager
 from .runtime import VerifierRuntime
 
@@ -30,26 +31,13 @@ class InputFileError(ValueError):
 
 
 def read_rows(path: Path) -> list[dict]:
-    rows = []
     try:
-        handle = path.open(encoding="utf-8")
-    except OSError as exc:
-        raise InputFileError(f"cannot open {path}: {exc.strerror}") from exc
-    with handle:
-        for lineno, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputFileError(f"{path}:{lineno}: not valid JSON ({exc.msg} at column {exc.colno}). "
-                                     f"Each line must be one JSON object.") from exc
-            if not isinstance(row, dict):
-                raise InputFileError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            if "completion" not in row:
-                raise InputFileError(f"{path}:{lineno}: the row has no 'completion' field "
-                                     f"(the model output to score)")
-            rows.append(row)
+        rows = read_jsonl(path)
+    except JsonlError as exc:
+        raise InputFileError(str(exc)) from exc
+    for i, row in enumerate(rows, 1):
+        if "completion" not in row:
+            raise InputFileError(f"{path}: row {i} has no 'completion' field (the model output to score)")
     return rows
 
 
