@@ -177,7 +177,7 @@ class OptimConfig(_Section):
 
 
 class EvalConfig(_Section):
-    every: int = Field(10, ge=0, description="Held-out greedy evaluation period in steps "
+    every: int = Field(8, ge=0, description="Held-out greedy evaluation period in steps "
                                              "(0: only before and after).")
     max_new_tokens: int = Field(16, ge=1, description="Response length cap for evaluation.")
 
@@ -194,7 +194,9 @@ class LogConfig(_Section):
 
 class TrainConfig(_Section):
     seed: int = Field(0, description="Seed for torch, task generation and sampling.")
-    steps: int = Field(40, ge=1, description="RL steps (rollout batches).")
+    # 24 keeps the embedded default (cold cache: model, 400-step warm-up, RL) inside 5 minutes
+    # on a 2-core CPU (measured: 5:16 with 40 steps, 2.25 s per RL step).
+    steps: int = Field(24, ge=1, description="RL steps (rollout batches).")
     output_dir: str = Field("runs/{timestamp}",
                             description="Run directory; {timestamp} is replaced.")
     checkpoint_every: int = Field(0, ge=0, description="Checkpoint period in steps (0: only "
