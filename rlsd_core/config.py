@@ -452,6 +452,16 @@ def check_plugins(cfg: TrainConfig, registry) -> None:
             problems.append(f"{where}: {exc}")
             return None
 
+    def try_scheduler(section, where: str) -> None:
+        """The scheduler must exist and accept its options (built once, then dropped)."""
+        rec = need("scheduler", section.name, f"{where}.name")
+        if rec is not None:
+            try:
+                rec.fn(**section.options)
+            except (TypeError, ValueError) as exc:
+                problems.append(f"{where}.options: scheduler {section.name!r} rejects "
+                                f"{section.options!r}: {exc}")
+
     for i, task in enumerate(cfg.tasks):
         default_verifier, default_injector = "exact_match", "reference_answer"
         if task.path is None and task.source in BUILTIN:
@@ -464,20 +474,8 @@ def check_plugins(cfg: TrainConfig, registry) -> None:
         for j, extra in enumerate(task.verifiers[1:], 1):
             need("verifier", extra.name, f"tasks[{i}].verifiers[{j}].name")
         if task.scheduler is not None:
-            rec = need("scheduler", task.scheduler.name, f"tasks[{i}].scheduler.name")
-            if rec is not None:
-                try:
-                    rec.fn(**task.scheduler.options)
-                except (TypeError, ValueError) as exc:
-                    problems.append(f"tasks[{i}].scheduler.options: scheduler "
-                                    f"{task.scheduler.name!r} rejects {task.scheduler.options!r}: {exc}")
+            try_scheduler(task.scheduler, f"tasks[{i}].scheduler")
         need("injector", task.injector or default_injector, f"tasks[{i}].injector")
-    rec = need("scheduler", cfg.scheduler.name, "scheduler.name")
-    if rec is not None:
-        try:
-            rec.fn(**cfg.scheduler.options)
-        except (TypeError, ValueError) as exc:
-            problems.append(f"scheduler.options: scheduler {cfg.scheduler.name!r} rejects "
-                            f"{cfg.scheduler.options!r}: {exc}")
+    try_scheduler(cfg.scheduler, "scheduler")
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
