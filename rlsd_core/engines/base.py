@@ -135,3 +135,20 @@ def make_engine(name: str, model, tokenizer, **options) -> Engine:
         from rlsd_core.engines.vllm import VLLMEngine
         return VLLMEngine(model, tokenizer, **options)
     raise ValueError(f"unknown rollout engine {name!r}; choose one of {ENGINES}")
+
+
+def resolve_eos_ids(engine: str, explicit, *sources) -> tuple[int, ...]:
+    """The token ids that end a response: `explicit` (an int or ids) if given, else the union of
+    the `eos_token_id` of each source (tokenizer, generation config, model config), in order."""
+    if explicit is not None:
+        ids = [explicit] if isinstance(explicit, int) else list(explicit)
+    else:
+        ids = []
+        for source in sources:
+            value = getattr(source, "eos_token_id", None)
+            if value is not None:
+                ids.extend([value] if isinstance(value, int) else value)
+    if not ids:
+        raise ValueError(f"{engine}: no eos token id in the tokenizer or the model's config; "
+                         f"pass eos_token_ids=[...]")
+    return tuple(dict.fromkeys(int(i) for i in ids))

