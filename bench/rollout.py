@@ -33,7 +33,7 @@ SMOLLM_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 def load_model(name: str):
     """(model, tokenizer, prompt texts) for 'tiny' or 'smollm', in float32."""
     if name == "tiny":
-        from rlsd_core.tiny import load_tiny
+        from rlsd_core.models import load_tiny
         model, tok = load_tiny()
         texts = [f"What is {a} + {b}? Let us think." for a, b in zip(range(11, 43), range(50, 82))]
         return model, tok, [tok.encode(t) for t in texts]

@@ -26,7 +26,7 @@ import psutil  # noqa: E402
 
 import math_labeled  # noqa: E402
 from _mathverify import RECORD as MV_RECORD  # noqa: E402
-from rlsd_core.runtime import VerifierRuntime  # noqa: E402
+from rlsd_core.rewards import VerifierRuntime  # noqa: E402
 from rlsd_verifiers.math import RECORD as RLSD_RECORD  # noqa: E402
 
 

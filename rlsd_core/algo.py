@@ -23,7 +23,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-LOSSES = ("rlsd", "grpo", "opsd", "grpo+opsd")
 AGGREGATIONS = ("token-mean", "seq-mean-token-mean")
 DIVERGENCES = ("jsd", "reverse_kl", "forward_kl")
 
@@ -76,6 +75,26 @@ def _check_range(name: str, value: float, lo: float, hi: float, *, lo_open: bool
 def _check_agg(agg: str) -> None:
     if agg not in AGGREGATIONS:
         raise ValueError(f"agg must be one of {AGGREGATIONS}, got {agg!r}")
+
+
+def _per_row(name: str, value, rows: int, lo: float, hi: float, *, hi_open: bool = False) -> Tensor:
+    """A scalar or a [B] tensor as a float64 [B] tensor, every entry checked to lie in range.
+
+    Float64 so that 1 - lam and 1 +- eps_w round to the working dtype exactly as the same Python
+    float would: a per-row schedule then gives bit-identical results to a scalar one."""
+    if isinstance(value, Tensor):
+        if value.dim() != 1 or value.shape[0] != rows:
+            raise ValueError(f"{name} must be a number or a 1-D tensor [B] with B={rows}, got shape "
+                             f"{tuple(value.shape)}")
+        v = value.detach().to(torch.float64).cpu()
+        if not torch.isfinite(v).all():
+            raise ValueError(f"{name} must be finite")
+        bad = (v < lo) | ((v >= hi) if hi_open else (v > hi))
+        if bad.any():
+            rb = ")" if hi_open else "]"
+            raise ValueError(f"{name} must be in [{lo}, {hi}{rb}, got {float(v[bad][0])!r}")
+        return v
+    return torch.full((rows,), _check_range(name, value, lo, hi, hi_open=hi_open), dtype=torch.float64)
 
 
 def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
@@ -165,6 +184,31 @@ def zero_variance_fraction(rewards: Tensor, group_size: int) -> float:
     return float((grouped == grouped[:, :1]).all(dim=1).float().mean())
 
 
+def masked_group_advantages(rewards: Tensor, masked: Tensor, group_size: int, *,
+                            normalize_std: bool = True) -> tuple[Tensor, Tensor]:
+    """Group advantages when some samples must not count (infrastructure faults: a crashed
+    verifier, a sandbox failure, a bad gold). Returns (advantages [B], filled rewards [B]).
+
+    rewards: [B] (any value at masked positions); masked: [B] bool; groups as in
+    `group_advantages`. A masked sample takes its group's mean reward over the unmasked ones (0
+    when the whole group is masked): it then moves neither the group's mean nor the sign of the
+    others' advantages. Its own advantage is set to 0 (and the loop also masks its tokens).
+    The filled rewards are what `zero_variance_fraction` should be computed on.
+    """
+    if not isinstance(masked, Tensor) or masked.shape != rewards.shape:
+        raise ValueError(f"masked must be a bool tensor shaped like rewards {tuple(rewards.shape)}")
+    masked = masked.bool()
+    grouped = rewards.reshape(-1, group_size).clone()
+    bad = masked.reshape(-1, group_size)
+    for g in range(grouped.shape[0]):
+        if bad[g].any():
+            ok = ~bad[g]
+            grouped[g, bad[g]] = grouped[g, ok].mean() if ok.any() else 0.0
+    filled = grouped.reshape(-1)
+    adv = group_advantages(filled, group_size, normalize_std=normalize_std)
+    return adv.masked_fill(masked, 0.0), filled
+
+
 # ---------------------------------------------------------------------------------------------
 # steps 3-6: RLSD token advantages
 # ---------------------------------------------------------------------------------------------
@@ -197,8 +241,8 @@ def _check_rlsd_inputs(advantages: Tensor, teacher_logprobs: Optional[Tensor], s
 
 
 def rlsd_token_advantages(advantages: Tensor, teacher_logprobs: Optional[Tensor], student_logprobs: Tensor,
-                          mask: Tensor, *, lam: float, eps_w: float, negative_only: bool = False,
-                          token_mask: Optional[Tensor] = None) -> Tensor:
+                          mask: Tensor, *, lam: float | Tensor, eps_w: float | Tensor,
+                          negative_only: bool = False, token_mask: Optional[Tensor] = None) -> Tensor:
     """RLSD per-token advantages A_hat (spec steps 3-6). Detached; zeros where mask is 0.
 
     advantages: [B], one A per response (from `group_advantages`).
@@ -207,6 +251,8 @@ def rlsd_token_advantages(advantages: Tensor, teacher_logprobs: Optional[Tensor]
       teacher_logprobs may be None only when lam == 0 (the loop skipped the teacher forward).
     mask: [B, T], 1 on response tokens.
     lam: in [0, 1]. eps_w: in [0, 1) (so the clipped weight stays > 0 and the sign never flips).
+      Each a number, or a [B] tensor giving every response its own (a mixed suite whose tasks
+      follow different schedulers).
     negative_only: reweight only responses with A < 0 (others keep plain A).
     token_mask: [B, T] or None; reweight only where it is 1 (e.g. the <think> span, the release's
       thought_only), plain A elsewhere.
@@ -215,39 +261,43 @@ def rlsd_token_advantages(advantages: Tensor, teacher_logprobs: Optional[Tensor]
         w_t     = clip(exp(sign(A) * delta_t), 1 - eps_w, 1 + eps_w)
         A_hat_t = A * ((1 - lam) + lam * w_t)
 
-    Returns A_hat: [B, T]. With lam == 0 it is A broadcast, bit for bit.
+    Returns A_hat: [B, T]. Where lam == 0 it is A broadcast, bit for bit.
     """
-    lam = _check_range("lam", lam, 0.0, 1.0)
-    eps_w = _check_range("eps_w", eps_w, 0.0, 1.0, hi_open=True)
     mask_b = _check_rlsd_inputs(advantages, teacher_logprobs, student_logprobs, mask)
+    rows = mask_b.shape[0]
+    lam64 = _per_row("lam", lam, rows, 0.0, 1.0)  # [B]
+    eps64 = _per_row("eps_w", eps_w, rows, 0.0, 1.0, hi_open=True)  # [B]
     dtype = _work_dtype(advantages, student_logprobs, teacher_logprobs)
-    zero = torch.zeros((), dtype=dtype, device=student_logprobs.device)
-    adv = advantages.detach().to(dtype).to(student_logprobs.device)[:, None].expand(mask_b.shape)  # [B, T]
-    if lam == 0.0:
+    device = student_logprobs.device
+    zero = torch.zeros((), dtype=dtype, device=device)
+    adv = advantages.detach().to(dtype).to(device)[:, None].expand(mask_b.shape)  # [B, T]
+    if not lam64.any():
         return torch.where(mask_b, adv, zero)
     if teacher_logprobs is None:
         raise ValueError("teacher_logprobs is None but lam > 0: the teacher forward is needed")
+    col = lambda v: v.to(dtype).to(device)[:, None]  # noqa: E731 - [B] float64 -> [B, 1]
     delta = _delta(teacher_logprobs, student_logprobs, mask_b, dtype)  # [B, T]
     sign = torch.sign(adv)
-    w = torch.exp(sign * delta).clamp(1.0 - eps_w, 1.0 + eps_w)  # [B, T], in [1-eps_w, 1+eps_w]
+    w = torch.exp(sign * delta).clamp(col(1.0 - eps64), col(1.0 + eps64))  # in [1-eps_w, 1+eps_w]
     reweight = mask_b.clone()
     if negative_only:
         reweight &= adv < 0
     if token_mask is not None:
         reweight &= _as_mask("token_mask", token_mask, mask_b.shape).to(reweight.device)
     w = torch.where(reweight, w, torch.ones((), dtype=dtype, device=w.device))
-    a_hat = adv * ((1.0 - lam) + lam * w)
+    a_hat = adv * (col(1.0 - lam64) + col(lam64) * w)
     return torch.where(mask_b, a_hat, zero).detach()
 
 
 def rlsd_diagnostics(advantages: Tensor, teacher_logprobs: Optional[Tensor], student_logprobs: Tensor,
-                     mask: Tensor, token_advantages: Tensor, *, eps_w: float) -> dict[str, float]:
+                     mask: Tensor, token_advantages: Tensor, *, eps_w: float | Tensor) -> dict[str, float]:
     """The spec's per-step RLSD statistics, all means over tokens where mask is 1.
 
     delta_mean        mean delta_t (clamped, as used)
     delta_abs_mean    mean |delta_t| (the teacher-student gap; drives the `adaptive` scheduler)
     w_mean            mean w_t = exp(sign(A) * delta_t) before the clip
-    clip_low_frac     fraction of tokens with w_t < 1 - eps_w
+    clip_low_frac     fraction of tokens with w_t < 1 - eps_w (each row's own eps_w when a [B]
+                      tensor is given)
     clip_high_frac    fraction of tokens with w_t > 1 + eps_w
     clip_frac         their sum (the paper reports 3-6%)
     adv_hat_mean      mean A_hat_t
@@ -255,8 +305,8 @@ def rlsd_diagnostics(advantages: Tensor, teacher_logprobs: Optional[Tensor], stu
     With teacher_logprobs None (lam was 0, no teacher forward) only the adv_hat keys are present.
     Shapes as in `rlsd_token_advantages`; token_advantages is its output [B, T].
     """
-    eps_w = _check_range("eps_w", eps_w, 0.0, 1.0, hi_open=True)
     mask_b = _check_rlsd_inputs(advantages, teacher_logprobs, student_logprobs, mask)
+    eps64 = _per_row("eps_w", eps_w, mask_b.shape[0], 0.0, 1.0, hi_open=True)
     _check_2d("token_advantages", token_advantages, mask_b.shape)
     with torch.no_grad():
         a_hat = token_advantages.detach().to(_work_dtype(token_advantages))
@@ -270,8 +320,10 @@ def rlsd_diagnostics(advantages: Tensor, teacher_logprobs: Optional[Tensor], stu
         delta = _delta(teacher_logprobs, student_logprobs, mask_b, dtype)
         sign = torch.sign(advantages.detach().to(dtype).to(delta.device))[:, None]
         w = torch.exp(sign * delta)  # [B, T], bounded by e^20 thanks to the clamp
-        low = (w < 1.0 - eps_w).to(dtype)
-        high = (w > 1.0 + eps_w).to(dtype)
+        lo = (1.0 - eps64).to(dtype).to(w.device)[:, None]
+        hi = (1.0 + eps64).to(dtype).to(w.device)[:, None]
+        low = (w < lo).to(dtype)
+        high = (w > hi).to(dtype)
         out.update({
             "delta_mean": float(masked_mean(delta, mask_b)),
             "delta_abs_mean": float(masked_mean(delta.abs(), mask_b)),
@@ -437,23 +489,9 @@ def grpo_plus_opsd(pg_loss: Tensor, opsd: Tensor, *, opsd_coef: float = 1.0) -> 
 # logging
 # ---------------------------------------------------------------------------------------------
 
-def token_entropy(logits: Tensor, *, temperature: float = 1.0) -> Tensor:
-    """Entropy of softmax(logits / temperature) at each position. [..., V] -> [...]"""
-    temperature = _check_range("temperature", temperature, 0.0, math.inf, lo_open=True)
-    x = logits.to(_work_dtype(logits)) / temperature
-    log_p = F.log_softmax(x, dim=-1)
-    p = log_p.exp()
-    return -torch.where(p > 0, p * log_p, torch.zeros((), dtype=x.dtype, device=x.device)).sum(-1)
+def token_entropy(log_probs: Tensor) -> Tensor:
+    """Entropy (nats) of each position's distribution, from its log-probs. [..., V] -> [...]
 
-
-def entropy_from_logits(logits: Tensor, mask: Tensor, *, temperature: float = 1.0) -> Tensor:
-    """Mean token entropy (nats) of the policy over positions where mask is 1.
-
-    logits: [B, T, V]; mask: [B, T]. Returns a scalar tensor (carries gradient if logits do;
-    detach it for logging).
-    """
-    if not isinstance(logits, Tensor) or logits.dim() != 3:
-        raise ValueError(f"logits must be 3-D [B, T, V], got "
-                         f"{tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__}")
-    mask_b = _as_mask("mask", mask, logits.shape[:2])
-    return masked_mean(token_entropy(logits, temperature=temperature), mask_b)
+    A position whose probability underflows to 0 contributes 0 (never 0 * -inf = NaN)."""
+    p = log_probs.exp()
+    return -torch.where(p > 0, p * log_probs, torch.zeros((), dtype=p.dtype, device=p.device)).sum(-1)

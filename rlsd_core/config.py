@@ -23,6 +23,8 @@ from typing import Annotated, Any, Iterator, Literal
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
+from .plugins import UnknownNameError
+
 
 def _bool_word(value: Any) -> Any:
     # YAML (files and command-line values alike) reads `false` as a bool; these fields spell it.
@@ -72,8 +74,9 @@ class WeightedVerifier(_Section):
 
 class TaskConfig(_Section):
     name: str = Field(description="Task name, used in metrics and the final table.")
-    source: str = Field("", description="Built-in task (addition, reverse) or an installed task "
-                                        "source; ignored when `path` is set.")
+    source: str = Field("", description="Task source (built in: addition, reverse, files, "
+                                        "reasoning_gym, humaneval; or an installed plugin's); "
+                                        "ignored when `path` is set.")
     path: str | None = Field(None, description="JSONL file of rows (prompt, answer, ...) instead "
                                                "of a source.")
     options: dict[str, Any] = Field(default_factory=dict, description="Options of the task source.")
@@ -87,7 +90,7 @@ class TaskConfig(_Section):
     eval_size: int = Field(100, ge=1, description="Held-out rows for greedy accuracy.")
     columns: dict[str, str] = Field(
         default_factory=dict, description="Column mapping {rlsd column: source column}, e.g. "
-                                          "{prompt: question, answer: final} (rlsd_core.suites).")
+                                          "{prompt: question, answer: final} (rlsd_core.data.suites).")
     template: list[dict[str, str]] | None = Field(
         None, description="Student chat messages with {field} placeholders filled from each row, "
                           "e.g. [{role: user, content: 'Solve: {question}'}] ({{ }} for braces).")
@@ -127,9 +130,10 @@ class RolloutConfig(_Section):
 
 
 class AlgoConfig(_Section):
-    loss: Literal["rlsd", "grpo", "opsd", "grpo+opsd"] = Field(
-        "rlsd", description="Objective: rlsd (teacher scales token credit), grpo, opsd "
-                            "(distill toward the privileged teacher), grpo+opsd (weighted sum).")
+    loss: str = Field(
+        "rlsd", description="Objective (an installed objective plugin): rlsd (teacher scales token "
+                            "credit), grpo, opsd (distill toward the privileged teacher), grpo+opsd "
+                            "(weighted sum).")
     normalize_std: bool = Field(True, description="Divide group advantages by the group std "
                                                   "(false: Dr.GRPO style).")
     eps_low: float = Field(0.2, ge=0, lt=1, description="PPO ratio clip below 1.")
@@ -437,12 +441,9 @@ def format_errors(exc: ValidationError) -> str:
 # --- plugin names --------------------------------------------------------------------------------
 
 def check_plugins(cfg: TrainConfig, registry) -> None:
-    """Every verifier, injector, scheduler and task source the config names must be installed;
-    scheduler options are tried by building the scheduler once. Raises ConfigError naming the
-    field and listing what is installed."""
-    from .plugins import UnknownNameError
-    from .tasks import BUILTIN
-
+    """Every verifier, injector, scheduler, task source and objective the config names must be
+    installed; scheduler options are tried by building the scheduler once. Raises ConfigError
+    naming the field and listing what is installed."""
     problems = []
 
     def need(kind: str, name: str, where: str):
@@ -464,9 +465,7 @@ def check_plugins(cfg: TrainConfig, registry) -> None:
 
     for i, task in enumerate(cfg.tasks):
         default_verifier, default_injector = "exact_match", "reference_answer"
-        if task.path is None and task.source in BUILTIN:
-            _, default_verifier, default_injector = BUILTIN[task.source]
-        elif task.path is None:
+        if task.path is None:
             rec = need("task_source", task.source, f"tasks[{i}].source")
             if rec is not None:
                 default_verifier, default_injector = rec.verifier, rec.injector
@@ -477,5 +476,6 @@ def check_plugins(cfg: TrainConfig, registry) -> None:
             try_scheduler(task.scheduler, f"tasks[{i}].scheduler")
         need("injector", task.injector or default_injector, f"tasks[{i}].injector")
     try_scheduler(cfg.scheduler, "scheduler")
+    need("objective", cfg.algo.loss, "algo.loss")
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))

@@ -1,7 +1,7 @@
 """The hook specifications: the whole contract between rlsd and its plugins.
 
-Provider hooks (`rlsd_verifiers`, `rlsd_injectors`, `rlsd_schedulers`, `rlsd_task_sources`) are
-called once at start-up; each returns a list of typed records (see `rlsd_core.records`). Event
+Provider hooks (`rlsd_verifiers`, `rlsd_injectors`, `rlsd_schedulers`, `rlsd_task_sources`,
+`rlsd_objectives`) are called once at start-up; each returns a list of typed records (see `rlsd_core.records`). Event
 hooks (`rlsd_before_run`, `rlsd_after_rollout`, `rlsd_after_step`, `rlsd_after_run`,
 `rlsd_on_error`) let observers such as loggers and metrics sinks follow a run; they return
 nothing. Every hook is documented in docs/plugin-hooks.md with its exact signature.
@@ -83,6 +83,28 @@ def rlsd_task_sources():
         @hookimpl
         def rlsd_task_sources():
             return [TaskSourceRecord(name="doubling", fn=_doubling, verifier="exact_match")]
+    """
+
+
+@hookspec
+def rlsd_objectives():
+    """Return a list of `ObjectiveRecord`: training objectives (`algo.loss` names one).
+
+    Example::
+
+        from rlsd_core import hookimpl, ObjectiveRecord, algo
+
+        def _credit(b):  # GRPO credit, but only on responses that beat their group
+            return algo.rlsd_token_advantages(b.advantages.clamp(min=0), None, b.old_logprobs,
+                                              b.mask, lam=0.0, eps_w=0.2)
+
+        def _loss(b):
+            return algo.policy_loss(b.logprobs, b.old_logprobs, b.token_advantages, b.mask,
+                                    denominator=b.denominator)
+
+        @hookimpl
+        def rlsd_objectives():
+            return [ObjectiveRecord(name="positive_only", credit=_credit, loss=_loss)]
     """
 
 

@@ -33,6 +33,7 @@ PROVIDER_HOOKS = {
     "injector": "rlsd_injectors",
     "scheduler": "rlsd_schedulers",
     "task_source": "rlsd_task_sources",
+    "objective": "rlsd_objectives",
 }
 
 
@@ -112,6 +113,9 @@ class Registry:
 
     def task_source(self, name: str):
         return self.get("task_source", name)
+
+    def objective(self, name: str):
+        return self.get("objective", name)
 
 
 def _env_list(name: str) -> list[str] | None:

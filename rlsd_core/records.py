@@ -19,31 +19,46 @@ Contracts of the callables:
   diagnostics dict (None at step 1).
 - TaskSourceRecord.fn(**options) -> list[dict]
   The rows of a task; `verifier` and `injector` name the records that score and teach them.
+- ObjectiveRecord.credit(CreditInputs) -> token advantages [B, T];
+  ObjectiveRecord.loss(LossInputs) -> (loss scalar, stats dict)
+  A training objective (rlsd, grpo, opsd, grpo+opsd are built in): how each token's advantage
+  is computed and what the update minimises. Tensors are torch tensors; this module does not
+  import torch so that verifier workers stay light.
+
+`RunInfo` is what the event hooks receive about a run.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Mapping, NamedTuple, Protocol, Sequence
 
 from .verdict import Verdict
 
-_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]*$")
+_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.+\-]*$")
 
 
 class RecordError(ValueError):
     """A record handed over by a plugin is malformed."""
 
 
-def _check_common(rec: Any) -> None:
+class TaskError(ValueError):
+    """A task cannot be built from its config: a bad option, a missing file, unusable rows.
+    Task sources raise it; the message names what is wrong and how to fix it."""
+
+
+def _check_common(rec: Any, callables: tuple[str, ...] = ("fn",)) -> None:
     kind = type(rec).__name__
     if not isinstance(rec.name, str) or not _NAME_RE.match(rec.name):
         raise RecordError(
-            f"{kind}.name must be a non-empty identifier-like string (letters, digits, '_', '-', '.'),"
-            f" got {rec.name!r}")
-    if not callable(rec.fn):
-        raise RecordError(f"{kind} {rec.name!r}: fn must be callable, got {type(rec.fn).__name__}")
+            f"{kind}.name must be a non-empty identifier-like string (letters, digits, '_', '-', "
+            f"'.', '+'), got {rec.name!r}")
+    for attr in callables:
+        if not callable(getattr(rec, attr)):
+            raise RecordError(f"{kind} {rec.name!r}: {attr} must be callable, got "
+                              f"{type(getattr(rec, attr)).__name__}")
     if isinstance(rec.columns, str) or not all(isinstance(c, str) for c in rec.columns):
         raise RecordError(f"{kind} {rec.name!r}: columns must be a sequence of column names")
     if not isinstance(rec.version, str) or not rec.version:
@@ -155,7 +170,12 @@ class SchedulerRecord:
 
 @dataclass(frozen=True)
 class TaskSourceRecord:
-    """A task shipped by a plugin: fn(**options) -> rows, scored by `verifier`, taught by `injector`."""
+    """A task shipped by a plugin: fn(**options) -> rows, scored by `verifier`, taught by `injector`.
+
+    generated: fn is a generator that takes `seed` (the run's seed unless the task's options set
+      one) and returns its rows already shuffled by it; rlsd then takes the held-out split from
+      the head without shuffling again. Otherwise rlsd shuffles the rows with the run's seed.
+    """
 
     name: str
     fn: Callable[..., Sequence[Mapping[str, Any]]]
@@ -164,6 +184,7 @@ class TaskSourceRecord:
     description: str = ""
     verifier: str = "exact_match"
     injector: str = "reference_answer"
+    generated: bool = False
 
     kind = "task_source"
 
@@ -174,9 +195,104 @@ class TaskSourceRecord:
                 raise RecordError(f"task source {self.name!r}: {attr} must name a record")
 
 
+@dataclass(frozen=True)
+class CreditInputs:
+    """What an objective's `credit` sees: one rollout batch. B responses, T response tokens.
+
+    advantages: [B] group advantages A (0 for masked samples).
+    old_logprobs: [B, T] the student's log-probs at rollout time (pi_old, log P_S).
+    mask: [B, T] bool, True on response tokens that train (infra-fault samples are off).
+    lam, eps_w: [B] float64, each row's lambda and eps_w from its task's scheduler.
+    teacher_logprobs: [B, T] log P_T of the same tokens under the teacher prompt, or None when
+      the teacher forward did not run (see ObjectiveRecord.teacher).
+    options: the run's `algo` config section (a dict).
+    """
+
+    advantages: Any
+    old_logprobs: Any
+    mask: Any
+    lam: Any
+    eps_w: Any
+    teacher_logprobs: Any = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LossInputs:
+    """What an objective's `loss` sees: one micro-batch (b rows, T its longest response).
+
+    logprobs: [b, T] the current policy's log-probs of the sampled tokens (carries the gradient).
+    logits: [b, T, V] the current policy's temperature-scaled logits, when the objective asked
+      for teacher logits (ObjectiveRecord.needs_logits), else None.
+    old_logprobs, token_advantages, mask: [b, T] (token_advantages from `credit`).
+    teacher_logprobs: [b, T] or None; teacher_logits: [b, T, V] or None.
+    options: the run's `algo` config section (a dict).
+    denominator: what a token-mean (or seq-mean) loss divides by: the count over the whole
+      mini-batch, so that gradient accumulation over micro-batches sums to the mini-batch loss.
+    """
+
+    logprobs: Any
+    old_logprobs: Any
+    token_advantages: Any
+    mask: Any
+    logits: Any = None
+    teacher_logprobs: Any = None
+    teacher_logits: Any = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+    denominator: float | None = None
+
+
+def _never(options: Mapping[str, Any]) -> bool:
+    return False
+
+
+TEACHER_WHEN = ("never", "lambda", "always")
+
+
+@dataclass(frozen=True)
+class ObjectiveRecord:
+    """A training objective, selected by `algo.loss`.
+
+    credit: fn(CreditInputs) -> token advantages [B, T], detached, 0 where mask is off.
+    loss: fn(LossInputs) -> (loss scalar tensor, stats dict of floats).
+    teacher: when the loop runs the teacher forward: "never" (grpo), "lambda" (only when some
+      row's lambda > 0: rlsd), "always" (opsd).
+    needs_logits: fn(options) -> bool; True when the loss needs full-vocabulary logits of the
+      teacher and of the policy (e.g. OPSD's divergences), which cost B x T x V memory.
+    """
+
+    name: str
+    credit: Callable[[CreditInputs], Any]
+    loss: Callable[[LossInputs], tuple[Any, dict]]
+    teacher: str = "never"
+    needs_logits: Callable[[Mapping[str, Any]], bool] = _never
+    version: str = "1"
+    description: str = ""
+    columns: tuple[str, ...] = ()
+
+    kind = "objective"
+
+    def validate(self) -> None:
+        _check_common(self, callables=("credit", "loss", "needs_logits"))
+        if self.teacher not in TEACHER_WHEN:
+            raise RecordError(f"objective {self.name!r}: teacher must be one of {TEACHER_WHEN}, "
+                              f"got {self.teacher!r}")
+
+
+@dataclass
+class RunInfo:
+    """A training run as the event hooks see it."""
+
+    config: Mapping[str, Any] = field(default_factory=dict)
+    run_dir: Path | None = None
+    total_steps: int = 0
+    start_step: int = 1
+
+
 RECORD_TYPES = {
     "verifier": VerifierRecord,
     "injector": InjectorRecord,
     "scheduler": SchedulerRecord,
     "task_source": TaskSourceRecord,
+    "objective": ObjectiveRecord,
 }

@@ -12,7 +12,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from rlsd_core import algo
-from rlsd_core.algo import (entropy_from_logits, group_advantages, zero_variance_fraction, grpo_plus_opsd, opsd_loss,
+from rlsd_core.algo import (masked_group_advantages, token_entropy, group_advantages, zero_variance_fraction, grpo_plus_opsd, opsd_loss,
                             opsd_sampled_token_advantages, policy_loss, rlsd_diagnostics,
                             rlsd_token_advantages, token_divergence)
 
@@ -58,6 +58,23 @@ def test_zero_variance_fraction():
     assert zero_variance_fraction(torch.tensor([1.0, 0, 1, 1, 0, 0, 0.5, 1]), 2) == 0.5
     with pytest.raises(ValueError, match="multiple"):
         zero_variance_fraction(torch.ones(3), 2)
+
+
+def test_masked_group_advantages_fill_with_the_group_mean():
+    # group 0: rewards 1, 0, [masked], 1 -> the masked sample takes mean(1, 0, 1) = 2/3, so the
+    #   group is 1, 0, 2/3, 1: mean 2/3, deviations 1/3, -2/3, 0, 1/3; unbiased var =
+    #   (1/9 + 4/9 + 0 + 1/9) / 3 = 2/9, std = 0.4714045; the masked advantage is then zeroed.
+    # group 1: every sample masked -> filled with 0 -> constant -> all 0.
+    r = torch.tensor([1.0, 0.0, 0.3, 1.0, 0.5, 0.5, 0.5, 0.5])
+    masked = torch.tensor([False, False, True, False, True, True, True, True])
+    adv, filled = masked_group_advantages(r, masked, 4)
+    s = math.sqrt(2 / 9) + 1e-6
+    close(adv, [(1 / 3) / s, (-2 / 3) / s, 0.0, (1 / 3) / s, 0, 0, 0, 0])
+    close(filled, [1.0, 0.0, 2 / 3, 1.0, 0, 0, 0, 0])
+    # the unmasked samples' advantages are what they would be with the masked one at the mean
+    assert zero_variance_fraction(filled, 4) == 0.5
+    with pytest.raises(ValueError, match="masked"):
+        masked_group_advantages(r, masked[:4], 4)
 
 
 @pytest.mark.parametrize("rewards,g,match", [
@@ -117,6 +134,32 @@ def test_rlsd_masked_positions_are_zero_even_with_garbage():
     assert torch.isfinite(out).all()
     # (0, 0): w = exp(-20) -> 0.8, A_hat = 0.5 + 0.4 = 0.9 ; (1, 2) masked -> 0
     close(out, [[0.9, 1.1, 0.95], [-0.45, -0.5 * (0.5 + 0.5 / 1.1), 0.0]])
+
+
+def test_rlsd_per_row_lambda_and_eps_w():
+    # Row 0 with lam 0.5, eps_w 0.2 (as in test_rlsd_token_advantages_by_hand); row 1 with lam 0
+    # (plain A) -> the same as two separate calls, bit for bit.
+    out = rlsd_token_advantages(ADV, TEACHER, STUDENT, MASK, lam=torch.tensor([0.5, 0.0]),
+                                eps_w=torch.tensor([0.2, 0.1]))
+    close(out, [[1.0, 1.1, 0.95], [-0.5, -0.5, -0.5]])
+    # row 1 with eps_w 0.1 and lam 1: w = exp(-delta) = 0.5 -> 0.9, 1/1.1 -> 0.9090909, e^20 -> 1.1
+    out = rlsd_token_advantages(ADV, TEACHER, STUDENT, MASK, lam=torch.tensor([0.5, 1.0]),
+                                eps_w=torch.tensor([0.2, 0.1]))
+    close(out, [[1.0, 1.1, 0.95], [-0.45, -0.5 / 1.1, -0.55]])
+    uniform = rlsd_token_advantages(ADV.float(), TEACHER.float(), STUDENT.float(), MASK,
+                                    lam=torch.full((2,), 0.4916666, dtype=torch.float64),
+                                    eps_w=torch.full((2,), 0.2, dtype=torch.float64))
+    scalar = rlsd_token_advantages(ADV.float(), TEACHER.float(), STUDENT.float(), MASK,
+                                   lam=0.4916666, eps_w=0.2)
+    assert torch.equal(uniform, scalar), "a per-row schedule must equal the scalar one exactly"
+    d = rlsd_diagnostics(ADV, TEACHER, STUDENT, MASK, out, eps_w=torch.tensor([0.2, 0.6]))
+    # w before clip: row 0: 1, 1.5, 0.9 (eps 0.2: one high); row 1: 0.5, 0.909, e^20 (eps 0.6:
+    # one high, none low) -> low 0/6, high 2/6
+    assert d["clip_low_frac"] == 0.0 and d["clip_high_frac"] == pytest.approx(2 / 6)
+    with pytest.raises(ValueError, match="lam must be in"):
+        rlsd_token_advantages(ADV, TEACHER, STUDENT, MASK, lam=torch.tensor([0.5, 1.5]), eps_w=0.2)
+    with pytest.raises(ValueError, match="shape"):
+        rlsd_token_advantages(ADV, TEACHER, STUDENT, MASK, lam=torch.tensor([0.5]), eps_w=0.2)
 
 
 def test_rlsd_lam_zero_skips_teacher():
@@ -445,14 +488,13 @@ def test_grpo_plus_opsd_weighted_sum():
 
 
 def test_entropy_by_hand():
-    # (0, 0) -> ln 2 = 0.6931472; (ln 3, 0) -> -(0.75 ln 0.75 + 0.25 ln 0.25) = 0.5623351
+    # (0, 0) -> ln 2 = 0.6931472; (ln 3, 0) -> -(0.75 ln 0.75 + 0.25 ln 0.25) = 0.5623351;
+    # a position with a zero-probability entry: (0, -inf) -> 0, not NaN
     logits = torch.zeros(1, 3, 2, dtype=torch.float64)
     logits[0, 1, 0] = LN(3.0)
-    h = entropy_from_logits(logits, torch.tensor([[1, 1, 0]]))
-    assert h.item() == pytest.approx((LN(2) - (0.75 * LN(0.75) + 0.25 * LN(0.25))) / 2, abs=1e-9)
-    with pytest.raises(ValueError, match="3-D"):
-        entropy_from_logits(logits[0], torch.ones(1, 3))
-
-
-def test_losses_names():
-    assert algo.LOSSES == ("rlsd", "grpo", "opsd", "grpo+opsd")
+    logits[0, 2, 1] = -math.inf
+    h = token_entropy(torch.log_softmax(logits, -1))
+    assert h.shape == (1, 3)
+    assert h[0, 0].item() == pytest.approx(LN(2), abs=1e-12)
+    assert h[0, 1].item() == pytest.approx(-(0.75 * LN(0.75) + 0.25 * LN(0.25)), abs=1e-12)
+    assert h[0, 2].item() == 0.0

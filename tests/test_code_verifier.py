@@ -28,7 +28,7 @@ import pytest
 
 import rlsd_core
 from rlsd_core import Category
-from rlsd_core.runtime import VerifierRuntime
+from rlsd_core.rewards import VerifierRuntime
 from rlsd_verifiers import code as codever
 from rlsd_verifiers.code import sandbox
 

@@ -6,7 +6,7 @@ import argparse
 
 import pytest
 
-from rlsd_core.cli_train import add_arguments, main as train_main, overrides_from_args
+from rlsd_core.cli.train import add_arguments, main as train_main, overrides_from_args
 from rlsd_core.config import (ConfigError, TrainConfig, build_config, check_plugins, iter_fields,
                               parse_value)
 
@@ -79,7 +79,6 @@ def test_unknown_key_in_yaml_names_the_path(tmp_path):
     ("rollout.group_size", 1, "rollout.group_size"),
     ("algo.eps_low", 1.5, "algo.eps_low"),
     ("warmup.privileged_fraction", 2, "warmup.privileged_fraction"),
-    ("algo.loss", "ppo", "algo.loss"),
     ("tasks.0.eval_size", 0, "tasks[0].eval_size"),
 ])
 def test_out_of_range_value_names_the_field(key, value, field):
@@ -104,6 +103,7 @@ def test_task_without_rows_is_rejected():
     ("tasks.1.injector", "hints", "injector", "reference_answer"),
     ("scheduler.name", "cosine", "scheduler", "release"),
     ("tasks.0.source", "gsm8k", "task_source", "Installed task_sources"),
+    ("algo.loss", "ppo", "objective", "grpo+opsd"),
 ])
 def test_unknown_plugin_name_lists_what_is_installed(pm, key, value, kind, installed):
     cfg = build_config(overrides=[(key, value)])

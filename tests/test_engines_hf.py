@@ -10,8 +10,8 @@ import torch
 
 from rlsd_core.engines import Engine, Generation, SamplingParams, WeightSyncError, make_engine
 from rlsd_core.engines.hf import HFEngine
-from rlsd_core.logprobs import token_logprobs
-from rlsd_core.tiny import load_tiny
+from rlsd_core.models import token_logprobs
+from rlsd_core.models import load_tiny
 
 TEXTS = ["What is 12 + 35?", "Hi", "Solve it in your own way: 7 * 8 =", "The final answer is",
          "Repeat the word yes"]

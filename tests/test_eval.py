@@ -9,10 +9,10 @@ import pytest
 import yaml
 
 from plugin_dist import install
-from rlsd_core import trainer as T
+from rlsd_core import loop as T
 from rlsd_core.cli import main as rlsd_main
 from rlsd_core.config import build_config
-from rlsd_core.evaluation import pass_at_k
+from rlsd_core.loop import pass_at_k
 from rlsd_core.plugins import get_plugin_manager
 
 

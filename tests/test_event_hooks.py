@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from rlsd_core import hookimpl
-from rlsd_core.events import RunInfo
+from rlsd_core import RunInfo
 
 
 class Recorder:

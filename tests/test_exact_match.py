@@ -7,7 +7,7 @@ import time
 import pytest
 
 from rlsd_core import Category
-from rlsd_core.runtime import VerifierRuntime
+from rlsd_core.rewards import VerifierRuntime
 from rlsd_verifiers.exact_match import RECORD, normalize, score_one
 
 

@@ -16,7 +16,7 @@ import pytest
 import math_labeled
 from hoststate import assert_restored, private_tmp, snapshot  # noqa: F401 - autouse fixture
 from rlsd_core import Category
-from rlsd_core.runtime import VerifierRuntime
+from rlsd_core.rewards import VerifierRuntime
 from rlsd_verifiers.math import RECORD, score_one
 from rlsd_verifiers.math.answers import answer_key, extract
 

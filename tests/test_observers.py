@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from rlsd_core.events import RunInfo
-from rlsd_core.observers import build_observers, plot
-from rlsd_core.observers.console import results_table
-from rlsd_core.observers.tensorboard import TensorBoardObserver, tensorboard_available
+from rlsd_core import RunInfo
+from rlsd_plugins.observers import build_observers, plot
+from rlsd_plugins.observers.console import results_table
+from rlsd_plugins.observers.tensorboard import TensorBoardObserver, tensorboard_available
 
 
 def _run(tmp_path, **log):

@@ -26,7 +26,7 @@ import pytest
 import yaml
 
 from plugin_dist import install
-from rlsd_core import checkpoint
+from rlsd_core.loop import checkpoint
 
 CONFIG = {
     "seed": 3, "steps": 6, "threads": 1, "checkpoint_every": 2, "checkpoint_keep": 2,
@@ -123,7 +123,7 @@ def test_sigkill_mid_step_then_resume_continues_as_if_never_stopped(tmp_path, en
 def test_interrupted_save_leaves_no_visible_checkpoint(tmp_path, monkeypatch):
     """A save that dies half-way (here: the state file write raises) leaves only a hidden
     temporary directory: `latest` ignores it and the next save or resume deletes it."""
-    from rlsd_core import trainer as T
+    from rlsd_core import loop as T
     from rlsd_core.config import build_config
 
     cfg = build_config(overrides=[("warmup.enabled", "false"), ("threads", 1),
@@ -141,19 +141,19 @@ def test_interrupted_save_leaves_no_visible_checkpoint(tmp_path, monkeypatch):
         with pytest.raises(KeyboardInterrupt):
             checkpoint.save(run, 2, keep=2)
         monkeypatch.undo()
-        assert checkpoint.latest(run.run_dir) == first
-        hidden = [p for p in (run.run_dir / "checkpoints").iterdir() if p.name.startswith(".")]
+        assert checkpoint.latest(run.parts.run_dir) == first
+        hidden = [p for p in (run.parts.run_dir / "checkpoints").iterdir() if p.name.startswith(".")]
         assert hidden, "the interrupted save leaves its temporary directory hidden"
         # A half-written metrics line and lines past the checkpoint are dropped on restore.
-        (run.run_dir / "metrics.jsonl").write_text('{"step": 0}\n{"step": 1}\n{"step": 2}\n{"st')
+        (run.parts.run_dir / "metrics.jsonl").write_text('{"step": 0}\n{"step": 1}\n{"step": 2}\n{"st')
         # Another process's leftovers are deleted; simulate by renaming to a foreign pid.
         for p in hidden:
             p.rename(p.with_name(p.name.rsplit("-", 1)[0] + "-999999999"))
         assert checkpoint.restore(run, first) == 1
-        assert not [p for p in (run.run_dir / "checkpoints").iterdir() if p.name.startswith(".")]
-        assert (run.run_dir / "metrics.jsonl").read_text() == '{"step": 0}\n{"step": 1}\n'
+        assert not [p for p in (run.parts.run_dir / "checkpoints").iterdir() if p.name.startswith(".")]
+        assert (run.parts.run_dir / "metrics.jsonl").read_text() == '{"step": 0}\n{"step": 1}\n'
     finally:
-        run.engine.close()
+        run.parts.engine.close()
 
 
 def test_resume_errors_name_the_problem(tmp_path):

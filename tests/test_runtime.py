@@ -17,7 +17,8 @@ import pytest
 
 from hoststate import assert_restored, private_tmp, snapshot  # noqa: F401 - autouse fixture
 from rlsd_core import Category, Verdict, VerifierRecord
-from rlsd_core.runtime import VerifierRuntime, clean_tail
+from rlsd_core import clean_tail
+from rlsd_core.rewards import VerifierRuntime
 from rlsd_verifiers.exact_match import RECORD as EXACT
 from verifier_plugins import BEHAVE, BEHAVE_IN_PROCESS, BEHAVE_NOCACHE
 

@@ -17,10 +17,10 @@ import time
 
 import pytest
 
-from rlsd_core import trainer as T
+from rlsd_core import loop as T
 from rlsd_core.config import build_config
 from rlsd_core.plugins import get_plugin_manager
-from rlsd_core.suites import suite_tasks
+from rlsd_core.data import suite_tasks
 
 pytestmark = [
     pytest.mark.slow,

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from rlsd_core.runtime import VerifierRuntime
+from rlsd_core.rewards import VerifierRuntime
 from rlsd_verifiers.code import RECORD, SandboxUnavailable
 
 

@@ -11,10 +11,11 @@ import pytest
 import yaml
 
 from rlsd_core import VerifierRecord, hookimpl
-from rlsd_core import trainer as T
+from rlsd_core import loop as T
 from rlsd_core.config import build_config
-from rlsd_core.suites import SuiteError, shipped_suites, suite_tasks
-from rlsd_core.tasks import TaskError, load_task, student_messages
+from rlsd_core.data import SuiteError, shipped_suites, suite_tasks
+from rlsd_core import TaskError
+from rlsd_core.data import load_task, student_messages
 
 
 def _even(completions, rows, **_):
@@ -70,7 +71,7 @@ def test_reasoning_gym_rows_are_deterministic_and_scored_by_rlsd_math(pm):
              "options": {"dataset": "simple_equations", "size": 30, "seed": 4}}
     a, b = _task(entry, pm.registry), _task(entry, pm.registry)
     assert a.train == b.train and a.verifier == "math"
-    from rlsd_core.runtime import VerifierRuntime
+    from rlsd_core.rewards import VerifierRuntime
     rt = VerifierRuntime(pm.registry.verifier("math"))
     rows = a.eval
     verdicts = rt.score([f"The answer is {r['answer']}" for r in rows] + ["no idea"], rows + rows[:1])
@@ -194,12 +195,12 @@ def test_mixed_suite_trains_with_per_task_metrics(tmp_path, tpm):
 
 
 def test_weighted_verifiers_average_rewards_and_keep_the_primary_category(tpm):
-    from rlsd_core.suites import build_verifier
+    from rlsd_core.rewards import build_scorer
 
     cfg = build_config(overrides=[("tasks", [{"name": "a", "source": "addition", "verifiers": [
         {"name": "math", "weight": 1}, {"name": "even_length", "weight": 3}]}])])
     task = load_task(cfg.tasks[0], tpm.registry, seed=0)
-    scorer = build_verifier(task, cfg.tasks[0], tpm.registry)
+    scorer = build_scorer(task, tpm.registry)
     row = {"prompt": "What is 2 + 2?", "answer": "4"}
     verdicts = scorer.score(["4", "04", "ab", "abc"], [row] * 4)
     assert [v.reward for v in verdicts] == [0.25, 1.0, 0.75, 0.0]

@@ -8,9 +8,9 @@ import copy
 import pytest
 import torch
 
-from rlsd_core.logprobs import token_logprobs
-from rlsd_core.teacher import Teacher
-from rlsd_core.tiny import load_tiny
+from rlsd_core.models import token_logprobs
+from rlsd_core.loop import Teacher
+from rlsd_core.models import load_tiny
 
 
 @pytest.fixture(scope="module")

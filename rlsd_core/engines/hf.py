@@ -2,7 +2,7 @@
 
 It samples with its own short decoding loop over the model's KV cache instead of
 `model.generate`, for three reasons that matter to RL: the reported log-probs are exactly
-log_softmax(logits / T) over the full vocabulary (what `rlsd_core.logprobs.token_logprobs`
+log_softmax(logits / T) over the full vocabulary (what `rlsd_core.models.token_logprobs`
 computes for the trainer), sampling uses a private torch.Generator (a seed never touches the
 global RNG the trainer relies on), and the left-padding / position-id convention is the one
 `token_logprobs` uses, so engine and trainer agree to float rounding.
@@ -16,9 +16,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from rlsd_core.engines.base import (Generation, SamplingParams, WeightSyncError, check_prompts,
+from .base import (Generation, SamplingParams, WeightSyncError, check_prompts,
                                     resolve_eos_ids)
-from rlsd_core.logprobs import accepts_kwarg
+from ..models.forward import accepts_kwarg
 
 
 def sample_next(logits: torch.Tensor, params: SamplingParams,

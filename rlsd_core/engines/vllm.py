@@ -38,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-from rlsd_core.engines.base import (Generation, SamplingParams, WeightSyncError, check_prompts,
+from .base import (Generation, SamplingParams, WeightSyncError, check_prompts,
                                     resolve_eos_ids)
 
 SUPPORTED_VLLM = ((0, 32), (0, 34))  # [low, high) on (major, minor)
@@ -342,7 +342,7 @@ class VLLMEngine:
         return checked
 
     def _probe(self) -> None:
-        from rlsd_core.logprobs import token_logprobs
+        from ..models.forward import token_logprobs
 
         probe = [(7 * i + 3) % self.vocab_size for i in range(32)]
         got = torch.tensor(self.score([probe[:1]], [probe[1:]])[0])

@@ -34,9 +34,9 @@ if not _vllm_installed():
 from rlsd_core.engines import SamplingParams, WeightSyncError, make_engine  # noqa: E402
 from rlsd_core.engines.hf import HFEngine  # noqa: E402
 from rlsd_core.engines.vllm import check_vllm_version  # noqa: E402
-from rlsd_core.logprobs import token_logprobs  # noqa: E402
-from rlsd_core.teacher import Teacher  # noqa: E402
-from rlsd_core.tiny import load_tiny  # noqa: E402
+from rlsd_core.models import token_logprobs  # noqa: E402
+from rlsd_core.loop import Teacher  # noqa: E402
+from rlsd_core.models import load_tiny  # noqa: E402
 
 pytestmark = pytest.mark.vllm
 

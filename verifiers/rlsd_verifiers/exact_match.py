@@ -1,7 +1,7 @@
 """The `exact_match` verifier: a completion's final answer equals one of the gold strings
 after a configurable normalisation.
 
-Data flow: the runtime hands over clean text (see rlsd_core.textnorm); this module extracts the
+Data flow: the runtime hands over clean text (see rlsd_core.hygiene); this module extracts the
 final answer (last \\boxed{}, <answer> tag or "final answer is" phrase; the whole completion if
 there is none and `extract="auto"`), normalises both sides and compares. It parses no
 structure that can blow up, so it declares itself safe to run in-process.
@@ -23,8 +23,7 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping, Sequence
 
-from rlsd_core import Category, Verdict, VerifierRecord, hookimpl
-from rlsd_core.textnorm import clean_completion, normalize_text
+from rlsd_core import Category, Verdict, VerifierRecord, clean_completion, hookimpl, normalize_text
 
 from .extract import extract_answer
 

@@ -1,6 +1,6 @@
 """The `math` verifier: is the completion's final answer mathematically the gold answer?
 
-Data flow (one sample): clean text (rlsd_core.runtime.clean_tail: type check, tail cap,
+Data flow (one sample): clean text (rlsd_core.clean_tail: type check, tail cap,
 NFKC) -> answers.extract (last \\boxed{}, <answer> tag, "final answer is" phrase, else the last
 number) -> hedge checks -> answers.clean_answer (units, \\text{}, $, degrees, %) ->
 parsing.parse_value (exact literals without sympy, else latex2sympy2_extended) ->
@@ -26,9 +26,7 @@ from fractions import Fraction
 from functools import lru_cache
 from typing import Any, Mapping, Sequence
 
-from rlsd_core import Category, Verdict, VerifierRecord, hookimpl
-from rlsd_core.runtime import clean_tail
-from rlsd_core.textnorm import DEFAULT_MAX_CHARS
+from rlsd_core import DEFAULT_MAX_CHARS, Category, Verdict, VerifierRecord, clean_tail, hookimpl
 
 from .answers import answer_key, choice_letter, clean_answer, extract, hedge_words, leading_choice
 from .parsing import ParseFailure, Value, parse_value

@@ -13,7 +13,7 @@ import argparse
 import json
 import sys
 
-from .config import ConfigError, build_config, iter_fields, parse_value, type_name
+from ..config import ConfigError, build_config, iter_fields, parse_value, type_name
 
 _FIELD_PREFIX = "field:"
 
@@ -55,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def task_fields_epilog() -> str:
     """The fields of one `tasks` entry (a list cannot be a flag; set them in YAML or with
     --set tasks.N.FIELD=VALUE)."""
-    from .config import TaskConfig
+    from ..config import TaskConfig
 
     lines = ["fields of each `tasks` entry (YAML, or --set tasks.N.FIELD=VALUE):"]
     for dotted, annotation, description, default in iter_fields(TaskConfig, "tasks[N]."):
@@ -107,7 +107,7 @@ class _WarmupProgress:
 def run_train(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from .plugins import UnknownNameError, get_plugin_manager
+    from ..plugins import UnknownNameError, get_plugin_manager
 
     console = Console(file=sys.stderr)
     resume = run_dir = None
@@ -116,22 +116,23 @@ def run_train(args: argparse.Namespace) -> int:
         overrides = overrides_from_args(args)
         config_file = args.config
         if getattr(args, "resume", None):
-            from .checkpoint import resume_point
+            from ..loop.checkpoint import resume_point
             run_dir, config_file, resume = resume_point(args.resume)
         if getattr(args, "suite", None):
-            from .suites import suite_tasks
+            from ..data import suite_tasks
             overrides.insert(0, ("tasks", suite_tasks(args.suite, pm.registry)))
         cfg = build_config(config_file, overrides)
         if args.print_config:
             print(cfg.to_yaml(), end="")
             return 0
-        from .config import check_plugins
+        from ..config import check_plugins
         check_plugins(cfg, pm.registry)
     except (ConfigError, UnknownNameError, ValueError) as exc:  # incl. SuiteError, CheckpointError
         print(f"rlsd train: {exc}", file=sys.stderr)
         return 2
     if args.check:
-        from .tasks import TaskError, load_task
+        from ..data import load_task
+        from ..records import TaskError
         try:  # the rows too (columns, templates, data files): everything but the model
             for task in cfg.tasks:
                 load_task(task, pm.registry, seed=cfg.seed)
@@ -142,10 +143,9 @@ def run_train(args: argparse.Namespace) -> int:
         return 0
     from transformers.utils import logging as hf_logging
 
-    from .checkpoint import CheckpointError
-    from .models import ModelSpecError
-    from .tasks import TaskError
-    from .trainer import train
+    from ..loop import CheckpointError, train
+    from ..models import ModelSpecError
+    from ..records import TaskError
 
     # Our own progress bars tell the story; transformers' per-load bars would bury them.
     hf_logging.disable_progress_bar()

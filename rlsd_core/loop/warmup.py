@@ -31,8 +31,8 @@ from typing import Callable, Sequence
 
 import torch
 
-from .tasks import render_prompt, student_messages
-from .tiny import cache_root
+from ..data import render_prompt, student_messages
+from ..models import cache_root
 
 WARMUP_VERSION = 1
 
@@ -147,7 +147,8 @@ def warmed_up_dir(base_dir: Path, tasks, teacher_messages, cfg, *, seed: int,
                   on_step=None, on_cached: Callable[[Path], None] | None = None) -> Path:
     """Return the directory of the warmed-up model, training it first if it is not cached.
 
-    `cfg` is `rlsd_core.config.WarmupConfig`. Writes atomically (temporary directory + rename)
+    `cfg` is `rlsd_core.config.WarmupConfig`; `teacher_messages(task_name, row)` is
+    `rlsd_core.data.TeacherPrompts.messages`. Writes atomically (temporary directory + rename)
     so an interrupted warm-up never leaves a half-written cache entry.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer

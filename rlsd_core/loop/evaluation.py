@@ -1,10 +1,10 @@
 """Held-out evaluation of a policy on tasks: greedy accuracy, and pass@k from sampled responses.
 
-The one copy of the evaluation logic: the trainer's held-out accuracy (`trainer.evaluate`, the
+The one copy of the evaluation logic: the trainer's held-out accuracy (`loop.trainer.evaluate`, the
 `eval/<task>` metrics) and `rlsd eval` both call `evaluate_task`, so evaluating a checkpoint
 reproduces the number the run logged for it.
 
-Data flow per task: held-out rows -> student chat prompt (`tasks.render_prompt`, byte-identical
+Data flow per task: held-out rows -> student chat prompt (`data.render_prompt`, byte-identical
 to training) -> engine.generate in chunks of `chunk` prompts (greedy; then, for pass@k, `samples`
 responses per prompt at `temperature`, seeded) -> decoded text -> the task's verifier(s) ->
   accuracy   fraction of rows whose greedy response is judged `ok`
@@ -20,8 +20,8 @@ import dataclasses
 from math import comb
 from typing import Callable, Sequence
 
-from .engines.base import SamplingParams
-from .tasks import TaskData, render_prompt, student_messages
+from ..data import TaskData, render_prompt, student_messages
+from ..engines import SamplingParams
 
 CHUNK = 32  # prompts per generate call: progress granularity and bounded memory
 

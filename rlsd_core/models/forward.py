@@ -3,7 +3,7 @@
 Used in three places of the data flow, so that they agree to the last bit of logic:
 - the trainer's student forward (called with gradient enabled: pi_theta for the PPO ratio, and
   pi_old when it recomputes it instead of taking the rollout engine's numbers);
-- teacher scoring (`rlsd_core.teacher.Teacher.score`, under no_grad, on the teacher prompt);
+- teacher scoring (`rlsd_core.loop.teacher.Teacher.score`, under no_grad, on the teacher prompt);
 - the tests that check the rollout engines report the same log-probs as this forward.
 
 Layout. Row i is `prompt_ids[i] + response_ids[i]`. Prompts are LEFT-padded to the longest prompt
@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from ..algo import token_entropy
 
 
 @dataclass
@@ -127,7 +129,7 @@ def token_logprobs(model, prompt_ids: list[list[int]], response_ids: list[list[i
         if return_logits:
             out_logits.append(logits)
         if return_entropy:
-            ent = -(logp_all.exp() * logp_all).sum(-1)
+            ent = token_entropy(logp_all)
             out_ent.append(ent.masked_fill(~mask, 0.0))
 
     scores = TokenScores(logprobs=torch.cat(out_lp), mask=torch.cat(out_mask))

@@ -4,12 +4,13 @@ Data flow: after step k the trainer calls `save(run, k, keep=cfg.checkpoint_keep
 <run_dir>/checkpoints/step-<k> holding
   model.safetensors, config.json, tokenizer files   the policy (`from_pretrained` loads it, so a
                                                     checkpoint is also a model for `rlsd eval`)
-  trainer_state.pt                                  optimizer moments, teacher weights and sync
-                                                    step, scheduler state(s), RNG states (torch,
-                                                    python, numpy, cuda), data position, the
-                                                    last diagnostics (adaptive schedulers read
-                                                    them), the metric history and held-out evals
-`rlsd train --resume RUN_DIR` rebuilds the run from RUN_DIR/config.yaml (`trainer.setup`), then
+  trainer_state.pt                                  the state of every part in `STATEFUL` (the
+                                                    optimizer's moments, the teacher's weights
+                                                    and sync step, the schedule (schedulers and
+                                                    the diagnostics they read), the metric
+                                                    history and held-out evals, the RNG states),
+                                                    the step and the config
+`rlsd train --resume RUN_DIR` rebuilds the run from RUN_DIR/config.yaml (`loop.run.setup`), then
 `restore(run, latest(run_dir))` loads all of that back, trims metrics.jsonl / samples.jsonl to the
 checkpointed step, and the loop continues at step k+1.
 
@@ -18,10 +19,9 @@ renamed to `step-<k>` in one `os.replace`. A killed run therefore leaves either 
 checkpoint or a hidden temporary directory that `latest()` never picks and the next save or
 resume deletes. Only the newest `keep` checkpoints are kept.
 
-Why the resumed metrics equal the uninterrupted run's: the rows of step k and the rollout seed are
-functions of (seed, k) only (the data position is the step), the mini-batch shuffle is seeded by
-the number of steps done (restored with the history), and every other piece of state is restored
-bit for bit. Not restored: the verifiers' reward caches (they change speed, never a reward; the
+Why the resumed metrics equal the uninterrupted run's: the rows of step k, the rollout seed and
+the mini-batch shuffle are functions of (seed, k) only (the data position is the step), and
+every other piece of state is restored bit for bit. Not restored: the verifiers' reward caches (they change speed, never a reward; the
 cache hit rates after a resume are therefore lower) and wall-clock times.
 """
 
@@ -38,7 +38,7 @@ import torch
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.pt"
-FORMAT = 1
+FORMAT = 2
 _NAME = re.compile(r"^step-(\d{6,})$")
 
 
@@ -69,68 +69,63 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
-             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
-    try:
-        import numpy as np
-        state["numpy"] = np.random.get_state()
-    except ImportError:  # numpy is optional for rlsd itself
-        state["numpy"] = None
-    return state
+class RngStates:
+    """The global RNG streams (torch CPU, python, numpy, and every CUDA device's) as a stateful
+    part. Saved states are CPU tensors and are restored as such, whatever device the run uses
+    (torch.set_rng_state accepts only a CPU ByteTensor)."""
+
+    def state_dict(self) -> dict:
+        state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+        try:
+            import numpy as np
+            state["numpy"] = np.random.get_state()
+        except ImportError:  # numpy is optional for rlsd itself
+            state["numpy"] = None
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        torch.set_rng_state(state["torch"].cpu())
+        random.setstate(state["python"])
+        if state.get("cuda") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+        if state.get("numpy") is not None:
+            import numpy as np
+            np.random.set_state(state["numpy"])
 
 
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    if state.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    if state.get("numpy") is not None:
-        import numpy as np
-        np.random.set_state(state["numpy"])
-
-
-def _state_dict_of(obj):
-    return obj.state_dict() if hasattr(obj, "state_dict") else None
+def stateful_parts(run) -> dict:
+    """The declared list of what a checkpoint saves besides the weights: name -> an object with
+    state_dict() / load_state_dict(), or None when the run has no such part (no teacher)."""
+    return {"optimizer": run.parts.optimizer, "teacher": run.parts.teacher,
+            "schedule": run.schedule, "progress": run.progress, "rng": RngStates()}
 
 
 def trainer_state(run, step: int) -> dict:
     """Everything besides the weights that step `step + 1` depends on."""
-    task_schedulers = getattr(run, "task_schedulers", None) or {}
-    return {
-        "format": FORMAT,
-        "step": step,
-        # Rows of a step are a function of (seed, step): the step is the data position.
-        "data_position": {"next_step": step + 1},
-        "optimizer": run.optimizer.state_dict(),
-        "teacher": run.teacher.state_dict() if run.teacher is not None else None,
-        "scheduler": _state_dict_of(run.scheduler),
-        "task_schedulers": {name: _state_dict_of(s) for name, s in task_schedulers.items()},
-        "last_diagnostics": run.last_diagnostics,
-        "task_diagnostics": getattr(run, "task_diagnostics", None),
-        "history": run.history,
-        "eval_history": run.eval_history,
-        "rng": _rng_state(),
-        "config": run.cfg.model_dump(mode="json"),
-    }
+    parts = {name: (obj.state_dict() if obj is not None else None)
+             for name, obj in stateful_parts(run).items()}
+    return {"format": FORMAT, "step": step, "config": run.parts.cfg.model_dump(mode="json"),
+            "parts": parts}
 
 
 def save(run, step: int, *, keep: int = 3) -> Path:
     """Write checkpoint `step` atomically, then delete all but the newest `keep`."""
-    final = checkpoint_path(run.run_dir, step)
+    run_dir, model, tokenizer = run.parts.run_dir, run.parts.model, run.parts.tokenizer
+    final = checkpoint_path(run_dir, step)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    run.model.save_pretrained(tmp)
-    run.tokenizer.save_pretrained(tmp)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
     torch.save(trainer_state(run, step), tmp / STATE_FILE)
     _fsync_tree(tmp)
     if final.exists():  # re-saving a step (a resumed run that saves the same step again)
         shutil.rmtree(final)
     os.replace(tmp, final)
     _fsync_dir(final.parent)
-    prune(run.run_dir, keep)
+    prune(run_dir, keep)
     return final
 
 
@@ -202,6 +197,25 @@ def _trim_jsonl(path: Path, last_step: int) -> None:
     os.replace(tmp, path)
 
 
+def upgrade_v1(state: dict) -> dict:
+    """A format-1 trainer state (rlsd 0.1: one key per part) in format 2's layout."""
+    cfg = state["config"]
+    task_diag = state.get("task_diagnostics") or {}
+
+    def slot(name, scheduler, diagnostics):
+        return {"name": name, "scheduler": scheduler, "diagnostics": diagnostics}
+
+    tasks = {t["name"]: slot(t["scheduler"]["name"], state["task_schedulers"].get(t["name"]),
+                             task_diag.get(t["name"]))
+             for t in cfg.get("tasks", []) if t.get("scheduler")}
+    return {"format": 2, "step": state["step"], "config": cfg, "parts": {
+        "optimizer": state["optimizer"], "teacher": state["teacher"],
+        "schedule": {"run": slot(cfg["scheduler"]["name"], state["scheduler"],
+                                 state["last_diagnostics"]), "tasks": tasks},
+        "progress": {"history": state["history"], "eval_history": state["eval_history"]},
+        "rng": state["rng"]}}
+
+
 def restore(run, path: Path) -> int:
     """Load checkpoint `path` into a freshly set-up run; return its step (the next is step + 1)."""
     from transformers import AutoModelForCausalLM
@@ -210,42 +224,43 @@ def restore(run, path: Path) -> int:
     state_file = path / STATE_FILE
     if not state_file.is_file():
         raise CheckpointError(f"{path} is not a complete checkpoint (no {STATE_FILE})")
-    state = torch.load(state_file, map_location=run.device, weights_only=False)
+    # Everything to the CPU first: the RNG states must stay there, and the optimizer and teacher
+    # copy their tensors onto the parameters' device when they load.
+    state = torch.load(state_file, map_location="cpu", weights_only=False)
+    if state.get("format") == 1:
+        state = upgrade_v1(state)
     if state.get("format") != FORMAT:
         raise CheckpointError(f"{path}: checkpoint format {state.get('format')!r}, this rlsd reads "
-                              f"format {FORMAT}")
+                              f"format {FORMAT} (written by rlsd >= 0.2); resume it with the rlsd "
+                              "version that wrote it")
+    parts = run.parts
     saved_tasks = [t["name"] for t in state["config"].get("tasks", [])]
-    if saved_tasks != [t.name for t in run.tasks]:
+    if saved_tasks != [t.name for t in parts.tasks]:
         raise CheckpointError(f"{path}: the checkpoint trained tasks {saved_tasks}, the config names "
-                              f"{[t.name for t in run.tasks]}; resume with the run's own config.yaml")
+                              f"{[t.name for t in parts.tasks]}; resume with the run's own config.yaml")
     step = int(state["step"])
 
     # Weights: loaded through from_pretrained (tied and sharded weights handled there), copied
     # into the run's model so the engine and the teacher keep their references to it.
-    loaded = AutoModelForCausalLM.from_pretrained(path, dtype=next(run.model.parameters()).dtype)
+    loaded = AutoModelForCausalLM.from_pretrained(path, dtype=next(parts.model.parameters()).dtype)
     with torch.no_grad():
-        run.model.load_state_dict(loaded.state_dict())
+        parts.model.load_state_dict(loaded.state_dict())
     del loaded
-    run.engine.load_weights(run.model.state_dict())
-    run.optimizer.load_state_dict(state["optimizer"])
-    if run.teacher is not None:
-        if state["teacher"] is None:
-            raise CheckpointError(f"{path}: saved without a teacher, but algo.loss needs one")
-        run.teacher.load_state_dict(state["teacher"])
-    if state["scheduler"] is not None and hasattr(run.scheduler, "load_state_dict"):
-        run.scheduler.load_state_dict(state["scheduler"])
-    for name, sched in (getattr(run, "task_schedulers", None) or {}).items():
-        saved = state.get("task_schedulers", {}).get(name)
-        if saved is not None and hasattr(sched, "load_state_dict"):
-            sched.load_state_dict(saved)
-    run.last_diagnostics = state["last_diagnostics"]
-    if hasattr(run, "task_diagnostics") and state.get("task_diagnostics") is not None:
-        run.task_diagnostics = state["task_diagnostics"]
-    run.history = list(state["history"])
-    run.eval_history = {int(k): v for k, v in state["eval_history"].items()}
-    _set_rng_state(state["rng"])
+    parts.engine.load_weights(parts.model.state_dict())
+    for name, obj in stateful_parts(run).items():
+        saved = state["parts"].get(name)
+        if (obj is None) != (saved is None):
+            raise CheckpointError(f"{path}: the checkpoint {'has' if saved is not None else 'lacks'} "
+                                  f"a {name} but this run {'has none' if obj is None else 'needs one'}"
+                                  f" (algo.loss {state['config'].get('algo', {}).get('loss')!r} then, "
+                                  f"{parts.cfg.algo.loss!r} now)")
+        if obj is not None:
+            try:
+                obj.load_state_dict(saved)
+            except (ValueError, KeyError) as exc:
+                raise CheckpointError(f"{path}: cannot restore the {name}: {exc}") from exc
     for name in ("metrics.jsonl", "samples.jsonl"):
-        _trim_jsonl(run.run_dir / name, step)
-    drop_temporaries(run.run_dir)
-    run.info.start_step = step + 1
+        _trim_jsonl(parts.run_dir / name, step)
+    drop_temporaries(parts.run_dir)
+    parts.info.start_step = step + 1
     return step

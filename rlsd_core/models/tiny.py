@@ -5,7 +5,7 @@ trains a byte-level BPE tokenizer (one token per digit, lossless on any text) on
 about a second and builds a randomly initialised 3.2 M-parameter Qwen2 model, then saves both
 as an ordinary Hugging Face model directory, cached under `~/.cache/rlsd/` (or $RLSD_CACHE), so
 every later stage (engines, trainer, eval) loads it with `from_pretrained` exactly like a real
-model. The supervised warm-up that makes it useful lives with the trainer.
+model. The supervised warm-up that makes it useful is a loop stage (rlsd_core.loop.warmup).
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ import os
 import random
 import shutil
 from pathlib import Path
+
+from .cache import cache_root
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"]
 
@@ -41,10 +43,6 @@ TINY_SPEC = {
     "seed": 0,
     "corpus_version": 1,
 }
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("RLSD_CACHE", Path.home() / ".cache" / "rlsd"))
 
 
 def _corpus(n: int = 4000, seed: int = 0) -> list[str]:

@@ -19,9 +19,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from .jsonl import JsonlError, read_jsonl
-from .plugins import UnknownNameError, get_plugin_manager
-from .runtime import VerifierRuntime
+from ..data import JsonlError, read_jsonl
+from ..plugins import UnknownNameError, get_plugin_manager
+from ..rewards import VerifierRuntime
 
 CHUNK = 64  # rows per runtime call: small enough for a live progress bar
 

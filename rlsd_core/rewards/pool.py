@@ -1,33 +1,16 @@
-"""The verifier runtime: the only way rlsd calls a verifier, built-in or third-party.
+"""The process pool behind `VerifierRuntime`: worker interpreters with hard wall-clock deadlines.
 
-Data flow: rollouts (completions) + dataset rows -> VerifierRuntime.score -> one Verdict per
-completion, in order. The runtime owns everything that must not be left to each plugin:
-
-1. input hygiene in the parent, before any parser: non-str is `invalid_input`, declared columns
-   must be present, the text is capped keeping its tail and normalised (rlsd_core.textnorm);
-2. a reward cache keyed by (verifier name and version, options, gold columns, the record's
-   normalised extracted answer), so that the samples of a group that reach the same final answer
-   are verified once;
-3. a pool of worker processes (fresh interpreters, i.e. spawn semantics, reused across calls)
-   with a hard wall-clock deadline per sample enforced from the parent: on expiry the worker's
-   whole process group is SIGKILLed and replaced and the sample gets `timeout`; a worker that
-   dies gets `crash`;
-4. BaseException caught at the plugin boundary (`verifier_error`) and validation of what comes
-   back (a finite reward in [0, 1], one per sample; anything else is `verifier_error`, never
-   broadcast, never NaN). Only primitive values cross the process boundary.
-
-The parent never installs a signal handler or an alarm: deadlines are kept by one dispatcher
-thread that waits on pipes with a timeout, so `score` works from any thread and `ascore` from
-asyncio, and the caller's own alarms are left alone. Records that declare `in_process=True`
-(cheap, safe verifiers such as exact_match) are called directly: no pool, no processes.
+Each worker is a fresh interpreter (spawn semantics, started with subprocess) that imports the
+verifier once and then scores one sample per message. One dispatcher thread in the parent keeps
+every deadline: on expiry the worker's whole process group is SIGKILLed and replaced and the
+sample gets `timeout`; a worker that dies gets `crash`. The parent never installs a signal
+handler or an alarm. Only primitive values cross the process boundary.
 """
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import dataclasses
-import json
 import math
 import os
 import pickle
@@ -37,131 +20,20 @@ import subprocess
 import sys
 import threading
 import time
-import weakref
 from concurrent.futures import Future
 from multiprocessing.connection import Connection, wait as _wait_conns
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
-from .records import VerifierRecord
-from .textnorm import DEFAULT_MAX_CHARS, keep_tail, normalize_text
-from .verdict import Category, Verdict
+from ..records import VerifierRecord
+from ..verdict import Category, Verdict
+from .boundary import _safe_str, call_verifier
 
-# Verdicts that depend only on (gold, answer) and may be cached. Timeouts, crashes and
-# infrastructure faults depend on the machine's load and state: never cached.
-CACHEABLE_CATEGORIES = frozenset({
-    Category.OK, Category.WRONG_ANSWER, Category.NO_ANSWER, Category.PARSE_ERROR,
-    Category.GOLD_ERROR, Category.INVALID_INPUT, Category.INPUT_TOO_LARGE,
-})
-
-# A sandboxed (code) verifier gets the source unchanged: NFKC or tail-cutting would change what
-# the program means. It is only type-checked and rejected above this many characters.
-DEFAULT_MAX_CODE_CHARS = 1_000_000
-DEFAULT_CACHE_SIZE = 100_000
 # How long a worker may take to import the verifier before its start counts as failed.
 START_TIMEOUT_S = 120.0
 # Consecutive failed starts after which queued samples get verifier_error instead of waiting.
 MAX_START_FAILURES = 3
 # Samples in flight per worker: the running one plus one waiting in its pipe.
 PIPELINE_DEPTH = 2
-
-
-# ------------------------------------------------------------------------------------------
-# Per-sample checks shared by every mode
-# ------------------------------------------------------------------------------------------
-
-def coerce_result(value: Any) -> Verdict:
-    """Turn what a plugin returned for one sample into a Verdict, or a verifier_error verdict."""
-    if isinstance(value, Verdict):
-        return value
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if math.isfinite(value) and 0.0 <= value <= 1.0:
-            return Verdict(float(value), Category.OK if value == 1.0 else Category.WRONG_ANSWER)
-        return Verdict.fail(Category.VERIFIER_ERROR, f"verifier returned reward {value!r}, outside [0, 1]")
-    return Verdict.fail(Category.VERIFIER_ERROR,
-                        f"verifier returned {type(value).__name__}, expected a Verdict or a float")
-
-
-def missing_columns(record: VerifierRecord, row: Any) -> Verdict | None:
-    if not isinstance(row, Mapping):
-        return Verdict.fail(Category.INVALID_INPUT, f"row must be a mapping, got {type(row).__name__}")
-    missing = [c for c in record.columns if c not in row]
-    if missing:
-        return Verdict.fail(Category.INVALID_INPUT,
-                            f"row is missing column(s) {missing} that verifier {record.name!r} needs")
-    return None
-
-
-def call_verifier(record: VerifierRecord, completions: Sequence[Any], rows: Sequence[Mapping],
-                  options: Mapping[str, Any]) -> list[Verdict]:
-    """Call a verifier on a batch in this process, guarding the plugin boundary."""
-    try:
-        produced = record.fn(list(completions), list(rows), **options)
-    except BaseException as exc:  # noqa: BLE001 - SystemExit/KeyboardInterrupt from a plugin too
-        msg = f"verifier {record.name!r} raised {type(exc).__name__}: {_safe_str(exc)}"
-        return [Verdict.fail(Category.VERIFIER_ERROR, msg)] * len(completions)
-    try:
-        produced = list(produced)
-    except BaseException as exc:  # noqa: BLE001
-        return [Verdict.fail(Category.VERIFIER_ERROR,
-                             f"verifier {record.name!r} returned a non-iterable: {_safe_str(exc)}")] * len(completions)
-    if len(produced) != len(completions):
-        msg = (f"verifier {record.name!r} returned {len(produced)} results for "
-               f"{len(completions)} completions")
-        return [Verdict.fail(Category.VERIFIER_ERROR, msg)] * len(completions)
-    return [coerce_result(v) for v in produced]
-
-
-def _safe_str(exc: BaseException, limit: int = 200) -> str:
-    """str() of an exception raised by plugin code, which may itself raise or be huge."""
-    try:
-        text = str(exc)
-    except BaseException:  # noqa: BLE001
-        return "<unprintable>"
-    if type(text) is not str:
-        return "<unprintable>"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def clean_tail(value: Any, max_chars: int = DEFAULT_MAX_CHARS) -> tuple[str | None, Verdict | None]:
-    """Input hygiene for answer-bearing text (the documented policy, docs/verifiers.md).
-
-    Non-str -> invalid_input. Longer than `max_chars` -> keep the tail only (final answers sit
-    at the end) and drop the partial token the cut went through (up to the first whitespace,
-    backslash, '$' or '<'); a tail with no such boundary at all (1 MB of digits) cannot hold an
-    answer that the cut did not damage -> input_too_large. Then
-    rlsd_core.textnorm.normalize_text: NFKC, zero-width and bidi controls removed, minus-like
-    dashes become '-'. Costs O(max_chars), whatever the input size.
-    """
-    if not isinstance(value, str):
-        return None, Verdict.fail(Category.INVALID_INPUT,
-                                  f"completion must be a str, got {type(value).__name__}")
-    if len(value) <= max_chars:
-        text = normalize_text(value)
-        return keep_tail(text, max_chars), None
-    tail = value[-max_chars:]
-    cut = _first_boundary(tail)
-    if cut < 0:
-        return None, Verdict.fail(
-            Category.INPUT_TOO_LARGE,
-            f"completion is {len(value)} characters and its last {max_chars} hold no complete token")
-    text = normalize_text(tail[cut:])
-    return keep_tail(text, max_chars), None
-
-
-def _first_boundary(text: str) -> int:
-    """Where the first whole token of a cut text starts: just past the first whitespace, or at
-    the first backslash, '$' or '<' (a LaTeX command, formula or tag begins there); -1 if none.
-    C-speed scans, no allocation."""
-    best = -1
-    for ch in (" ", "\n", "\t", "\r"):
-        i = text.find(ch)
-        if i >= 0 and (best < 0 or i + 1 < best):
-            best = i + 1
-    for ch in ("\\", "$", "<"):
-        i = text.find(ch, 1)
-        if i >= 0 and (best < 0 or i < best):
-            best = i
-    return best
 
 
 # ------------------------------------------------------------------------------------------
@@ -199,7 +71,7 @@ _BOOTSTRAP = (
     "conn = Connection(int(sys.argv[1]))\n"
     "path, blob, options, mem = conn.recv()\n"
     "sys.path[:] = path\n"
-    "from rlsd_core.runtime import _worker_main\n"
+    "from rlsd_core.rewards.pool import _worker_main\n"
     "_worker_main(conn, blob, options, mem)\n"
 )
 
@@ -258,6 +130,22 @@ def _worker_main(conn, record_blob: bytes, options: dict, memory_limit_mb: int |
 # The parent side: a pool of workers driven by one dispatcher thread
 # ------------------------------------------------------------------------------------------
 
+class Counters:
+    """Thread-safe event counters shared by a runtime and its pool (samples, timeouts, ...)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[str, int] = {}
+
+    def bump(self, key: str, n: int = 1) -> None:
+        with self._lock:
+            self._counts[key] = self._counts.get(key, 0) + n
+
+    def snapshot(self, keys) -> dict[str, float]:
+        with self._lock:
+            return {k: self._counts.get(k, 0) for k in keys}
+
+
 class _Task:
     __slots__ = ("id", "completion", "row", "future", "running")
 
@@ -290,7 +178,7 @@ class _Pool:
     """N worker processes and the dispatcher thread that keeps their deadlines."""
 
     def __init__(self, record: VerifierRecord, options: dict, workers: int, timeout: float,
-                 memory_limit_mb: int | None, stats: dict, stats_lock: threading.Lock) -> None:
+                 memory_limit_mb: int | None, counters: Counters) -> None:
         try:
             # the cache key runs in the parent only: the worker needs fn (by reference)
             self._blob = pickle.dumps(dataclasses.replace(record, cache_key=None, startup_check=None))
@@ -315,8 +203,7 @@ class _Pool:
         self._closing = False
         self._start_failures = 0
         self._last_start_error = ""
-        self._stats = stats
-        self._stats_lock = stats_lock
+        self._counters = counters
         self._next_id = 0
         self._thread = threading.Thread(target=self._run, name=f"rlsd-verifier-{record.name}",
                                         daemon=True)
@@ -364,8 +251,7 @@ class _Pool:
             pass  # the pipe is full: the dispatcher is awake anyway
 
     def _bump(self, key: str, n: int = 1) -> None:
-        with self._stats_lock:
-            self._stats[key] = self._stats.get(key, 0) + n
+        self._counters.bump(key, n)
 
     # -- the dispatcher thread ---------------------------------------------------------------
     def _spawn(self) -> None:
@@ -609,215 +495,3 @@ class _Pool:
                 pass
 
 
-# ------------------------------------------------------------------------------------------
-# The public runtime
-# ------------------------------------------------------------------------------------------
-
-class VerifierRuntime:
-    """Scores batches with one verifier record and its options.
-
-    workers: size of the process pool (ignored for in_process records).
-    timeout: hard wall-clock deadline per sample in seconds (default: record.time_budget_s).
-    max_chars: input cap; answer text keeps its tail (default 20,000), a sandboxed verifier's
-      source is rejected above it (default 1,000,000).
-    cache: size of the reward cache (0 disables it); records with cacheable=False or no
-      cache_key are never cached.
-    memory_limit_mb: RLIMIT_AS of each worker (default 4096 for verifiers that parse text,
-      none for sandboxed verifiers, which set their own limits on their children).
-    """
-
-    def __init__(self, record: VerifierRecord, options: Mapping[str, Any] | None = None, *,
-                 workers: int = 1, timeout: float | None = None, max_chars: int | None = None,
-                 cache: int = DEFAULT_CACHE_SIZE, memory_limit_mb: int | None = -1) -> None:
-        self.record = record
-        self.options = dict(options or {})
-        self.workers = max(1, int(workers))
-        self.timeout = float(timeout if timeout is not None else record.time_budget_s)
-        if not self.timeout > 0:
-            raise ValueError(f"timeout must be > 0, got {timeout!r}")
-        self.is_code = bool(record.needs_sandbox)
-        self.max_chars = int(max_chars or (DEFAULT_MAX_CODE_CHARS if self.is_code else DEFAULT_MAX_CHARS))
-        if memory_limit_mb == -1:
-            memory_limit_mb = None if self.is_code else 4096
-        self._cache_size = int(cache) if record.cacheable and record.cache_key is not None else 0
-        self._cache: collections.OrderedDict[Any, Verdict] = collections.OrderedDict()
-        self._cache_lock = threading.Lock()
-        self._stats_lock = threading.Lock()
-        self._stats: dict[str, int] = {}
-        try:
-            self._options_key = json.dumps(self.options, sort_keys=True, default=repr)
-        except Exception:  # noqa: BLE001
-            self._options_key = repr(sorted(self.options.items(), key=lambda kv: kv[0]))
-        self._pool: _Pool | None = None
-        self._closed = False
-        if record.startup_check is not None:
-            # Refuse here, loudly, rather than mask every sample later (e.g. no bubblewrap).
-            record.startup_check(**self.options)
-        if not record.in_process:
-            self._pool = _Pool(record, self.options, self.workers, self.timeout, memory_limit_mb,
-                               self._stats, self._stats_lock)
-            self._finalizer = weakref.finalize(self, _Pool.close, self._pool)
-
-    # -- scoring -----------------------------------------------------------------------------
-    def score(self, completions: Sequence[Any], rows: Sequence[Mapping]) -> list[Verdict]:
-        """One Verdict per completion, in order. Blocks the calling thread only."""
-        out, pending = self._prepare(completions, rows)
-        for idx, fut, key, followers in pending:
-            self._complete(out, idx, fut.result(), key, followers)
-        return out  # type: ignore[return-value]
-
-    async def ascore(self, completions: Sequence[Any], rows: Sequence[Mapping]) -> list[Verdict]:
-        """`score` for asyncio: awaits the workers without blocking the event loop."""
-        out, pending = self._prepare(completions, rows)
-        if pending:
-            results = await asyncio.gather(*(asyncio.wrap_future(f) for _i, f, _k, _f in pending))
-            for (idx, _fut, key, followers), verdict in zip(pending, results):
-                self._complete(out, idx, verdict, key, followers)
-        return out  # type: ignore[return-value]
-
-    def _prepare(self, completions, rows):
-        if self._closed:
-            raise RuntimeError("the verifier runtime is closed")
-        if len(completions) != len(rows):
-            raise ValueError(f"{len(completions)} completions but {len(rows)} rows")
-        n = len(completions)
-        out: list[Verdict | None] = [None] * n
-        todo: list[tuple[int, str, Mapping]] = []
-        for i, (c, r) in enumerate(zip(completions, rows)):
-            bad = missing_columns(self.record, r)
-            text = None
-            if bad is None:
-                text, bad = self._clean(c)
-            if bad is not None:
-                out[i] = bad
-            else:
-                todo.append((i, text, r))
-        self._bump("samples", n)
-        # cache look-ups, and one call per distinct key within the batch
-        leaders: dict[Any, tuple[int, list[int]]] = {}
-        work: list[tuple[int, str, Mapping, Any, list[int]]] = []
-        for i, text, r in todo:
-            key = self._key(text, r)
-            if key is not None:
-                self._bump("cache_lookups")
-                hit = self._cache_get(key)
-                if hit is not None:
-                    self._bump("cache_hits")
-                    out[i] = hit
-                    continue
-                if key in leaders:
-                    self._bump("cache_hits")
-                    leaders[key][1].append(i)
-                    continue
-                followers: list[int] = []
-                leaders[key] = (i, followers)
-                work.append((i, text, r, key, followers))
-            else:
-                work.append((i, text, r, None, []))
-        if self._pool is None:
-            pending = []
-            for i, text, r, key, followers in work:
-                fut: Future = Future()
-                fut.set_result(call_verifier(self.record, [text], [r], self.options)[0])
-                pending.append((i, fut, key, followers))
-        else:
-            pending = [(i, self._pool.submit(text, r), key, followers)
-                       for i, text, r, key, followers in work]
-        self._bump("verifier_calls", len(work))
-        return out, pending
-
-    def _complete(self, out, idx, verdict, key, followers) -> None:
-        if not isinstance(verdict, Verdict):
-            verdict = coerce_result(verdict)
-        out[idx] = verdict
-        for j in followers:
-            out[j] = verdict
-        if key is not None and verdict.category in CACHEABLE_CATEGORIES:
-            self._cache_put(key, verdict)
-        if verdict.category is Category.VERIFIER_ERROR:
-            self._bump("verifier_errors", 1 + len(followers))
-
-    def _clean(self, value: Any) -> tuple[str | None, Verdict | None]:
-        if not self.is_code:
-            return clean_tail(value, self.max_chars)
-        if not isinstance(value, str):
-            return None, Verdict.fail(Category.INVALID_INPUT,
-                                      f"completion must be a str, got {type(value).__name__}")
-        if len(value) > self.max_chars:
-            return None, Verdict.fail(Category.INPUT_TOO_LARGE,
-                                      f"source is {len(value)} characters (limit {self.max_chars})")
-        return value, None
-
-    # -- the reward cache --------------------------------------------------------------------
-    def _key(self, text: str, row: Mapping) -> Any:
-        if not self._cache_size:
-            return None
-        try:
-            answer = self.record.cache_key(text, row, **self.options)  # type: ignore[misc]
-            if answer is None:
-                return None
-            if type(answer) is not str:
-                return None
-            gold = json.dumps([row[c] for c in self.record.columns], sort_keys=True, default=repr)
-        except BaseException:  # noqa: BLE001 - a broken key function means "do not cache"
-            return None
-        return (self.record.name, self.record.version, self._options_key, gold, answer)
-
-    def _cache_get(self, key: Any) -> Verdict | None:
-        with self._cache_lock:
-            v = self._cache.get(key)
-            if v is not None:
-                self._cache.move_to_end(key)
-            return v
-
-    def _cache_put(self, key: Any, verdict: Verdict) -> None:
-        with self._cache_lock:
-            self._cache[key] = verdict
-            self._cache.move_to_end(key)
-            while len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
-
-    def _bump(self, key: str, n: int = 1) -> None:
-        with self._stats_lock:
-            self._stats[key] = self._stats.get(key, 0) + n
-
-    @property
-    def stats(self) -> dict[str, float]:
-        """Counters since construction: samples, verifier_calls, cache_lookups, cache_hits,
-        cache_hit_rate, timeouts, crashes, verifier_errors, workers_started."""
-        with self._stats_lock:
-            s: dict[str, float] = {k: self._stats.get(k, 0) for k in (
-                "samples", "verifier_calls", "cache_lookups", "cache_hits", "timeouts", "crashes",
-                "verifier_errors", "workers_started")}
-        s["cache_hit_rate"] = s["cache_hits"] / s["cache_lookups"] if s["cache_lookups"] else 0.0
-        return s
-
-    @property
-    def cache_hit_rate(self) -> float:
-        return float(self.stats["cache_hit_rate"])
-
-    def clear_cache(self) -> None:
-        with self._cache_lock:
-            self._cache.clear()
-
-    # -- the pool ----------------------------------------------------------------------------
-    def wait_ready(self, timeout: float = 60.0) -> bool:
-        """Block until every worker has imported the verifier (True), or give up (False)."""
-        return True if self._pool is None else self._pool.wait_ready(timeout)
-
-    def worker_pids(self) -> list[int]:
-        return [] if self._pool is None else self._pool.pids()
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        if self._pool is not None:
-            self._finalizer.detach()
-            self._pool.close()
-
-    def __enter__(self) -> "VerifierRuntime":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()

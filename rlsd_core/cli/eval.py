@@ -2,9 +2,9 @@
 
 Data flow: the model spec (a checkpoint directory `runs/<run>/checkpoints/step-N`, a model
 directory, 'tiny', 'smollm2-135m-instruct', a GGUF file; `rlsd_core.models.resolve_model`) and
-the suite (`rlsd_core.suites.suite_tasks`, validated before the model loads) -> each task's
+the suite (`rlsd_core.data.suite_tasks`, validated before the model loads) -> each task's
 held-out rows (the same split a training run with the same seed holds out) -> the HF engine ->
-`rlsd_core.evaluation.evaluate_task`, the code the trainer's held-out evaluation runs -> a table
+`rlsd_core.loop.evaluate_task`, the code the trainer's held-out evaluation runs -> a table
 (stdout) and JSON (`--json FILE`, or `--json -` for JSON on stdout and the table on stderr).
 
 Greedy accuracy is always reported; pass@k needs `--samples N` (N >= the largest k) sampled
@@ -77,11 +77,12 @@ def run_eval(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .config import ConfigError, TaskConfig
-    from .models import ModelSpecError, resolve_model
-    from .plugins import UnknownNameError, get_plugin_manager
-    from .suites import build_verifier, suite_tasks
-    from .tasks import TaskError, load_task
+    from ..config import ConfigError, TaskConfig
+    from ..data import load_task, suite_tasks
+    from ..models import ModelSpecError, resolve_model
+    from ..plugins import UnknownNameError, get_plugin_manager
+    from ..records import TaskError
+    from ..rewards import build_scorer
 
     err = Console(file=sys.stderr, width=max(120, Console(file=sys.stderr).width))
     try:
@@ -110,20 +111,17 @@ def run_eval(args: argparse.Namespace) -> int:
         return 2
 
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    from .engines.base import make_engine
-    from .evaluation import evaluate_task
+    from ..engines import make_engine
+    from ..loop import evaluate_task
+    from ..models import load_model, load_tokenizer
 
     hf_logging.disable_progress_bar()
     if args.threads:
         torch.set_num_threads(args.threads)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    tokenizer = load_tokenizer(path)
+    model = load_model(path, "float32")
     model.eval()
     engine = make_engine("hf", model, tokenizer)
     started = time.perf_counter()
@@ -136,7 +134,7 @@ def run_eval(args: argparse.Namespace) -> int:
                       TimeElapsedColumn(), console=err) as progress:
             for task, cfg in zip(tasks, cfgs):
                 bar = progress.add_task(task.name, total=len(task.eval) * per_row)
-                scorer = build_verifier(task, cfg, pm.registry)
+                scorer = build_scorer(task, pm.registry)
                 try:
                     out = evaluate_task(engine, tokenizer, task, scorer, max_new_tokens=max_new,
                                         samples=args.samples, ks=ks if args.samples else (),

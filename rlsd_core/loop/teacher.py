@@ -4,7 +4,7 @@ In the data flow: the rollout engine samples responses to the STUDENT prompt; th
 the TEACHER prompt (question + privileged context); `Teacher.score(teacher_prompt_ids,
 response_ids, temperature=<rollout temperature>)` gives log P_T of the same sampled tokens, which
 the RLSD weights compare with the student's log P_S. Scoring runs under no_grad, in
-micro-batches, through `rlsd_core.logprobs.token_logprobs`, the same forward the trainer uses.
+micro-batches, through `rlsd_core.models.token_logprobs`, the same forward the trainer uses.
 
 Which weights score (algorithm.md, point 8):
 - "snapshot" (default): a frozen copy of the policy taken at construction (the initial policy),
@@ -25,7 +25,7 @@ import copy
 
 import torch
 
-from rlsd_core.logprobs import TokenScores, token_logprobs
+from ..models import TokenScores, token_logprobs
 
 MODES = ("snapshot", "live", "ema")
 
@@ -35,7 +35,7 @@ class Teacher:
 
     Call `update(step)` once after each optimizer step (steps counted from 1); it returns True
     when the teacher weights changed in a way worth logging as a sync: a snapshot refresh (every
-    `sync_every` steps) or an EMA update (every step). `maybe_sync` is the same call.
+    `sync_every` steps) or an EMA update (every step).
     """
 
     def __init__(self, policy, *, mode: str = "snapshot", sync_every: int = 10,
@@ -84,8 +84,6 @@ class Teacher:
             self._ema_from_policy()
         self.last_sync_step = step
         return True
-
-    maybe_sync = update
 
     @torch.no_grad()
     def _copy_from_policy(self) -> None:

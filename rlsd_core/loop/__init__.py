@@ -1,0 +1,30 @@
+"""The training loop.
+
+    run.py        setup: the parts of a run (model, engine, teacher, optimizer, scorers, ...)
+    batch.py      the typed records a step passes between stages; which rows a step draws
+    stages.py     the stages of a step: rows, rollout, verify, teacher prompts, advantages,
+                  scoring forwards, magnitude, sync
+    update.py     the update stage: PPO epochs x mini-batches x micro-batches of the loss
+    schedule.py   every row's lambda and eps_w (the run's scheduler and tasks' own)
+    step.py       train_step: the stages in order, then the metrics (metrics.py)
+    trainer.py    train: evaluation, steps, observers, checkpoints, summary
+    teacher.py    the teacher weights (snapshot, live, EMA) and teacher scoring
+    checkpoint.py atomic checkpoints and resume
+    evaluation.py held-out greedy accuracy and pass@k (also `rlsd eval`)
+    warmup.py     the cached supervised warm-up of the embedded default
+"""
+
+from .batch import Credit, Rollout, StepBatch, Verified, draw_rows, task_counts
+from .checkpoint import CheckpointError
+from .evaluation import evaluate_task, pass_at_k
+from .run import Parts, Progress, Run, load_policy, setup
+from .schedule import Schedule, ScheduleSlot
+from .step import train_step
+from .teacher import Teacher
+from .trainer import evaluate, summarize, train
+from .warmup import build_examples, train_supervised, warmed_up_dir
+
+__all__ = ["CheckpointError", "Credit", "Parts", "Progress", "Rollout", "Run", "Schedule",
+           "ScheduleSlot", "StepBatch", "Teacher", "Verified", "build_examples", "draw_rows",
+           "evaluate", "evaluate_task", "load_policy", "pass_at_k", "setup", "summarize",
+           "task_counts", "train", "train_step", "train_supervised", "warmed_up_dir"]

@@ -1,0 +1,171 @@
+"""A run: the parts it is made of and the state a checkpoint restores, built by `setup`.
+
+    setup: config -> plugins checked -> tasks -> scorers -> schedule -> model (warm-up)
+           -> engine, teacher, optimizer -> run directory
+
+`Parts` are built once from the config and never checkpointed as such (the model's weights and
+the optimizer's moments are, through `rlsd_core.loop.checkpoint`'s declared list of stateful
+parts). `Progress` and the `Schedule` are the loop's own state.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from ..config import TrainConfig, check_plugins
+from ..data import TaskData, TeacherPrompts, load_task
+from ..engines import Engine, make_engine
+from ..models import load_model, load_tokenizer, resolve_model
+from ..plugins import PluginManager, get_plugin_manager
+from ..records import ObjectiveRecord, RunInfo
+from ..rewards import Scorer, build_scorer
+from .schedule import Schedule
+from .teacher import Teacher
+from .warmup import warmed_up_dir
+
+Reporter = Callable[[str, dict], None]  # (event, payload): warm-up progress, messages
+
+
+def quiet(event: str, payload: dict) -> None:
+    pass
+
+
+@dataclass
+class Parts:
+    """What a run is made of."""
+
+    cfg: TrainConfig
+    pm: PluginManager
+    run_dir: Path
+    info: RunInfo
+    device: torch.device
+    autocast: bool                  # bf16 autocast for the policy forwards
+    model: Any                      # a transformers causal LM: the policy
+    tokenizer: Any
+    engine: Engine
+    teacher: Teacher | None         # None when the objective never uses one
+    optimizer: torch.optim.Optimizer
+    tasks: list[TaskData]
+    scorers: dict[str, Scorer]      # task name -> its scorer
+    prompts: TeacherPrompts
+    objective: ObjectiveRecord
+
+    def close(self) -> None:
+        self.engine.close()
+        for scorer in self.scorers.values():
+            scorer.close()
+
+
+@dataclass
+class Progress:
+    """What the loop has done: per-step metrics and held-out evaluations, and the step it is on
+    (0 before the first; not checkpointed: a resumed run sets it as it goes)."""
+
+    history: list[dict] = field(default_factory=list)
+    eval_history: dict[int, dict[str, float]] = field(default_factory=dict)
+    step: int = 0
+
+    def state_dict(self) -> dict:
+        return {"history": self.history, "eval_history": self.eval_history}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.history = list(state["history"])
+        self.eval_history = {int(k): v for k, v in state["eval_history"].items()}
+
+
+@dataclass
+class Run:
+    parts: Parts
+    schedule: Schedule
+    progress: Progress = field(default_factory=Progress)
+
+
+def resolve_run_dir(template: str) -> Path:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    path = Path(template.replace("{timestamp}", stamp)).expanduser()
+    candidate, k = path, 1
+    while candidate.exists() and any(candidate.iterdir()):  # never mix two runs in one directory
+        candidate = path.with_name(f"{path.name}-{k}")
+        k += 1
+    return candidate
+
+
+def pick_device(cfg: TrainConfig) -> torch.device:
+    want = cfg.model.device
+    if want == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if want == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("model.device is 'cuda' but torch sees no GPU; use model.device=cpu")
+    return torch.device(want)
+
+
+def use_bf16(cfg: TrainConfig, device: torch.device) -> bool:
+    if cfg.optim.precision == "bf16":
+        return True
+    if cfg.optim.precision == "fp32":
+        return False
+    # CPU autocast works but is slower than fp32 for a model this small and costs reproducibility.
+    return device.type == "cuda" and torch.cuda.is_bf16_supported()
+
+
+def load_policy(cfg: TrainConfig, tasks: list[TaskData], injectors, reporter: Reporter):
+    """The policy to train and its tokenizer: the given model, or the embedded tiny one after
+    its (cached) warm-up."""
+    # 'tiny', 'smollm2-135m-instruct', GGUF files, model directories and hub ids all become a
+    # local directory here (rlsd_core.models).
+    path = resolve_model(cfg.model.name_or_path)
+    is_tiny = cfg.model.name_or_path == "tiny"
+    warm = cfg.warmup.enabled == "true" or (cfg.warmup.enabled == "auto" and is_tiny)
+    if warm and cfg.warmup.steps > 0:
+        prompts = TeacherPrompts(tasks, injectors, load_tokenizer(path))
+        reporter("warmup_start", {"steps": cfg.warmup.steps})
+        path = str(warmed_up_dir(
+            Path(path), tasks, prompts.messages, cfg.warmup, seed=cfg.seed,
+            on_step=lambda i, n, loss: reporter("warmup_step", {"step": i, "steps": n, "loss": loss}),
+            on_cached=lambda p: reporter("warmup_cached", {"path": str(p)})))
+        reporter("warmup_done", {"path": path})
+    return load_model(path, cfg.model.dtype), load_tokenizer(path)
+
+
+def setup(cfg: TrainConfig, pm: PluginManager | None = None, *, reporter: Reporter = quiet,
+          run_dir: Path | None = None) -> Run:
+    """Validate everything that can be validated, then load the model and build the run."""
+    pm = pm or get_plugin_manager()
+    registry = pm.registry
+    check_plugins(cfg, registry)  # before any model loads: a typo costs a second, not a warm-up
+    tasks = [load_task(t, registry, seed=cfg.seed) for t in cfg.tasks]
+    scorers = {t.name: build_scorer(t, registry) for t in tasks}
+    injectors = {t.injector: registry.injector(t.injector) for t in tasks}
+    schedule = Schedule.from_config(cfg, registry)
+    objective = registry.objective(cfg.algo.loss)
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    device = pick_device(cfg)
+    model, tokenizer = load_policy(cfg, tasks, injectors, reporter)
+    model.to(device)
+    model.train()
+
+    engine = make_engine(cfg.rollout.engine, model, tokenizer, **cfg.rollout.engine_options)
+    teacher = (Teacher(model, mode=cfg.teacher.mode, sync_every=cfg.teacher.sync_every,
+                       ema_decay=cfg.teacher.ema_decay) if objective.teacher != "never" else None)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas,
+                                  weight_decay=cfg.optim.weight_decay)
+    run_dir = run_dir or resolve_run_dir(cfg.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
+    info = RunInfo(config=cfg.model_dump(mode="json"), run_dir=run_dir,
+                   total_steps=cfg.steps, start_step=1)
+    parts = Parts(cfg=cfg, pm=pm, run_dir=run_dir, info=info, device=device,
+                  autocast=use_bf16(cfg, device), model=model, tokenizer=tokenizer, engine=engine,
+                  teacher=teacher, optimizer=optimizer, tasks=tasks, scorers=scorers,
+                  prompts=TeacherPrompts(tasks, injectors, tokenizer), objective=objective)
+    return Run(parts=parts, schedule=schedule)

@@ -1,0 +1,93 @@
+"""The magnitude schedule: every row's lambda and eps_w for a step, on one code path.
+
+A run has one scheduler (`scheduler:` in the config) and each task may bring its own
+(`tasks[i].scheduler`). Each is a `ScheduleSlot`: the scheduler plugin's object plus the
+diagnostics it reads next step. Before the rollout, `magnitudes(step)` asks every slot once; the
+rows stage then fills per-row lambda and eps_w tensors from each row's task's slot
+(`per_row`), which is all the objective sees. After the step, `observe` hands each slot its
+diagnostics: the run's scheduler the whole step's (diagnostics and metrics), a task's own
+scheduler its task's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from ..records import Magnitude
+
+
+@dataclass
+class ScheduleSlot:
+    """One scheduler and what it will read next step."""
+
+    name: str
+    scheduler: Any  # rlsd_core.records.Scheduler: (step, diagnostics) -> Magnitude
+    diagnostics: dict | None = None
+
+    def __call__(self, step: int) -> Magnitude:
+        mag = self.scheduler(step, self.diagnostics)
+        return Magnitude(float(mag.lam), float(mag.eps_w))
+
+    def state_dict(self) -> dict:
+        # A scheduler with state offers state_dict/load_state_dict (the hook's documented
+        # protocol); one that is a pure function of the step (e.g. a lambda) has nothing to save.
+        save = getattr(self.scheduler, "state_dict", None)
+        return {"name": self.name, "scheduler": save() if save is not None else None,
+                "diagnostics": self.diagnostics}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        load = getattr(self.scheduler, "load_state_dict", None)
+        if state.get("scheduler") is not None and load is not None:
+            load(state["scheduler"])
+        self.diagnostics = state.get("diagnostics")
+
+
+@dataclass
+class Schedule:
+    """The run's slot and the slots of tasks with their own scheduler."""
+
+    run: ScheduleSlot
+    tasks: dict[str, ScheduleSlot] = field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, cfg, registry) -> "Schedule":
+        def slot(section) -> ScheduleSlot:
+            return ScheduleSlot(section.name, registry.scheduler(section.name).fn(**section.options))
+
+        return cls(run=slot(cfg.scheduler),
+                   tasks={t.name: slot(t.scheduler) for t in cfg.tasks if t.scheduler is not None})
+
+    def magnitudes(self, step: int, task_names: Sequence[str]) -> tuple[Magnitude, dict[str, Magnitude]]:
+        """(the run's magnitude, each task's: its own slot's, else the run's). Every slot is
+        asked exactly once per step."""
+        run = self.run(step)
+        own = {name: s(step) for name, s in self.tasks.items()}
+        return run, {name: own.get(name, run) for name in task_names}
+
+    @staticmethod
+    def per_row(row_tasks: Sequence[str], by_task: Mapping[str, Magnitude]) -> tuple[torch.Tensor, torch.Tensor]:
+        """lambda [R] and eps_w [R] (float64) for rows whose tasks are `row_tasks`."""
+        lam = torch.tensor([by_task[t].lam for t in row_tasks], dtype=torch.float64)
+        eps_w = torch.tensor([by_task[t].eps_w for t in row_tasks], dtype=torch.float64)
+        return lam, eps_w
+
+    def observe(self, run_diagnostics: dict, task_diagnostics: Mapping[str, dict]) -> None:
+        self.run.diagnostics = run_diagnostics
+        for name, s in self.tasks.items():
+            s.diagnostics = task_diagnostics.get(name)
+
+    def state_dict(self) -> dict:
+        return {"run": self.run.state_dict(),
+                "tasks": {name: s.state_dict() for name, s in self.tasks.items()}}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        saved = state.get("tasks", {})
+        if set(saved) != set(self.tasks):
+            raise ValueError(f"the checkpoint has task schedulers for {sorted(saved)}, this config "
+                             f"for {sorted(self.tasks)}")
+        self.run.load_state_dict(state["run"])
+        for name, s in self.tasks.items():
+            s.load_state_dict(saved[name])

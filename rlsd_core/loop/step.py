@@ -1,0 +1,67 @@
+"""One training step: the stages in data-flow order (rlsd_core.loop.stages), then the metrics.
+
+Where it departs from a textbook GRPO step:
+1. The magnitudes are read before the rollout, so that whenever every lambda is 0 (plain GRPO,
+   or the paper's schedule after its decay) the teacher forward is skipped entirely.
+2. Samples whose verdict is an infrastructure fault (verifier crash, sandbox failure, bad gold)
+   are not scored as 0: they are masked out of the loss and out of their group's statistics
+   (algo.masked_group_advantages), counted per category and logged.
+3. The old log-probs (pi_old, and log P_S in RLSD's delta) are recomputed by the training model,
+   not taken from the rollout engine, as in the release: engines may differ in numerics.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+
+from . import stages
+from .metrics import step_metrics
+from .run import Run
+from .update import update
+
+
+class StageTimer:
+    """Wall-clock seconds per stage (`time/<stage>_s` metrics)."""
+
+    def __init__(self) -> None:
+        self.times: dict[str, float] = {}
+        self._start = time.perf_counter()
+
+    @contextmanager
+    def __call__(self, stage: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.times[stage] = self.times.get(stage, 0.0) + time.perf_counter() - t0
+
+    def total(self) -> dict[str, float]:
+        return {**self.times, "step": time.perf_counter() - self._start}
+
+
+def train_step(run: Run, step: int) -> dict:
+    """Run step `step` (counted from 1) and return its metrics."""
+    parts, timer = run.parts, StageTimer()
+    batch = stages.rows(parts, run.schedule, step)
+    with timer("rollout"):
+        out = stages.rollout(parts, batch)
+    with timer("verify"):
+        verified = stages.verify(parts, batch, out)
+    parts.pm.hook.rlsd_after_rollout(run=parts.info, step=step, samples=[
+        {"task": batch.tasks[batch.of_response(i)].name, "prompt": batch.rows[batch.of_response(i)]["prompt"],
+         "response": text, "reward": v.reward, "category": v.category.value, "message": v.message}
+        for i, (text, v) in enumerate(zip(out.texts, verified.verdicts))])
+    teacher_ids = stages.teacher_prompts(parts, batch, out, verified)
+    adv = stages.advantages(parts, batch, verified)
+    with timer("score"):
+        credit = stages.score(parts, batch, out, verified, teacher_ids, adv)
+    credit = stages.magnitude(parts, batch, credit)
+    with timer("train"):
+        train_stats = update(parts, out, credit, step)
+    with timer("sync"):
+        synced = stages.sync(parts, step)
+    metrics, diagnostics = step_metrics(parts, batch, out, verified, credit, train_stats, synced,
+                                        timer.total())
+    run.schedule.observe(diagnostics["run"], diagnostics["tasks"])
+    return metrics

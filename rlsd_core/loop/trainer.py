@@ -1,0 +1,107 @@
+"""The training run: setup, held-out evaluation, `cfg.steps` training steps, checkpoints, summary.
+
+    setup (rlsd_core.loop.run) -> [resume (checkpoint)] -> eval before -> for each step:
+    train_step (rlsd_core.loop.step) -> periodic eval -> observers (event hooks) -> checkpoint
+    -> eval after -> final checkpoint -> summary.json
+
+Observers (console, metrics JSONL, plot, TensorBoard, third-party plugins) follow the run through
+the event hooks; the loop itself writes only the config, the checkpoints and the summary.
+
+Reproducibility: the same config and seed give the same metrics on the same machine and thread
+count: torch is seeded, each rollout is sampled with seed (seed, step), the rows of each step
+depend only on (seed, step), and mini-batches are shuffled by a generator seeded with (seed,
+step). What remains: float reductions in matmuls depend on the thread count and CPU kernel
+(AVX-512 vs AVX2), and GPU kernels are not bitwise deterministic, so runs on other hardware
+differ in the last bits and, through sampling, diverge after a few steps.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+from ..config import TrainConfig
+from ..plugins import PluginManager
+from . import checkpoint
+from .evaluation import evaluate_task
+from .run import Reporter, Run, quiet, setup
+from .step import train_step
+
+
+def evaluate(run: Run) -> dict[str, float]:
+    """Greedy accuracy per task (rlsd_core.loop.evaluation: the same code `rlsd eval` runs)."""
+    p = run.parts
+    return {task.name: evaluate_task(p.engine, p.tokenizer, task, p.scorers[task.name],
+                                     max_new_tokens=p.cfg.eval.max_new_tokens)["accuracy"]
+            for task in p.tasks}
+
+
+def finite(metrics: dict) -> dict:
+    """NaN/inf are not JSON: report them as None (and they are never silently averaged)."""
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
+
+
+def summarize(run: Run, seconds: float) -> dict:
+    history, evals = run.progress.history, run.progress.eval_history
+    tail = max(1, min(5, len(history) // 2 or 1))
+    tasks = {}
+    for task in run.parts.tasks:
+        key = f"reward/{task.name}"
+        series = [m[key] for m in history if m.get(key) is not None]
+        tasks[task.name] = {
+            "reward_first": sum(series[:tail]) / len(series[:tail]) if series else None,
+            "reward_last": sum(series[-tail:]) / len(series[-tail:]) if series else None,
+            "heldout_before": evals[0][task.name], "heldout_after": evals[max(evals)][task.name],
+            "eval_size": len(task.eval), "verifier": task.verifier, "injector": task.injector,
+        }
+    return {"run_dir": str(run.parts.run_dir), "steps": len(history), "seconds": round(seconds, 1),
+            "loss": run.parts.cfg.algo.loss, "reward_window": tail, "tasks": tasks,
+            "infra_masked": sum(m.get("infra_masked") or 0 for m in history)}
+
+
+def run_steps(run: Run, start: int) -> None:
+    """Steps start+1 .. cfg.steps, each followed by its evaluation, observers and checkpoint."""
+    cfg, hook, progress = run.parts.cfg, run.parts.pm.hook, run.progress
+    if start == 0:
+        progress.eval_history[0] = evaluate(run)
+        hook.rlsd_after_step(run=run.parts.info, step=0, metrics={
+            f"eval/{k}": v for k, v in progress.eval_history[0].items()} | {"step": 0})
+    for step in range(start + 1, cfg.steps + 1):
+        progress.step = step
+        metrics = train_step(run, step)
+        if step == cfg.steps or (cfg.eval.every and step % cfg.eval.every == 0):
+            progress.eval_history[step] = evaluate(run)
+            metrics.update({f"eval/{k}": v for k, v in progress.eval_history[step].items()})
+        metrics = finite(metrics)
+        progress.history.append(metrics)
+        hook.rlsd_after_step(run=run.parts.info, step=step, metrics=metrics)
+        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step != cfg.steps:
+            checkpoint.save(run, step, keep=cfg.checkpoint_keep)
+
+
+def train(cfg: TrainConfig, pm: PluginManager | None = None, *, reporter: Reporter = quiet,
+          run_dir: Path | None = None, resume: Path | None = None) -> dict:
+    """Run the whole training. With `resume` (a checkpoint directory of `run_dir`) the run
+    continues after that checkpoint's step, as if it had never stopped (rlsd_core.loop.checkpoint).
+    Returns the summary (also written to <run_dir>/summary.json)."""
+    started = time.perf_counter()
+    run = setup(cfg, pm, reporter=reporter, run_dir=run_dir)
+    hook, info = run.parts.pm.hook, run.parts.info
+    start = 0
+    try:
+        if resume is not None:
+            start = checkpoint.restore(run, resume)  # trims the logs; sets info.start_step
+        hook.rlsd_before_run(run=info)
+        run_steps(run, start)
+        checkpoint.save(run, cfg.steps, keep=cfg.checkpoint_keep)
+        summary = summarize(run, time.perf_counter() - started)
+        (run.parts.run_dir / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
+        hook.rlsd_after_run(run=info, summary=summary)
+        return summary
+    except BaseException as exc:
+        hook.rlsd_on_error(run=info, step=run.progress.step, error=exc)
+        raise
+    finally:
+        run.parts.close()

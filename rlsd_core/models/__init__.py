@@ -1,0 +1,18 @@
+"""Models: what the policy is, where it comes from, and the one forward that scores responses.
+
+    model spec ('tiny', 'smollm2-135m-instruct', a GGUF file, a directory, a hub id)
+        -> specs.resolve_model -> a local model directory -> loading.load_model / load_tokenizer
+    forward.token_logprobs: log-probs (and entropy, logits) of response tokens after prompts;
+        the student, pi_old and teacher forwards of the loop and the vLLM sync probe all use it
+    tiny.py: the embedded default model and tokenizer, built locally and cached (cache.py)
+"""
+
+from .cache import cache_root
+from .forward import TokenScores, accepts_kwarg, token_logprobs
+from .loading import load_model, load_tokenizer, torch_dtype
+from .specs import SMOLLM2, ModelSpecError, resolve_model, smollm2_gguf
+from .tiny import load_tiny, tiny_model_dir
+
+__all__ = ["SMOLLM2", "ModelSpecError", "TokenScores", "accepts_kwarg", "cache_root", "load_model",
+           "load_tiny", "load_tokenizer", "resolve_model", "smollm2_gguf", "tiny_model_dir",
+           "token_logprobs", "torch_dtype"]
