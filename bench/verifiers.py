@@ -88,14 +88,12 @@ def cpu_cost(record, cases, repeats: int) -> float:
     """CPU seconds per item when the verifier's function runs in this process (no runtime, no
     deadline): the intrinsic cost, insensitive to other load on the machine. Best of rounds;
     each round starts with cold per-process caches."""
-    from rlsd_verifiers.math import _parse_gold
-    from rlsd_verifiers.math.parsing import parse_math
+    from rlsd_verifiers.math import clear_caches
 
     best = float("inf")
     record.fn([cases[0]["completion"]], [{"answer": cases[0]["gold"]}])  # imports
     for _ in range(repeats):
-        parse_math.cache_clear()
-        _parse_gold.cache_clear()
+        clear_caches()
         t0 = time.process_time()
         for c in cases:
             record.fn([c["completion"]], [{"answer": c["gold"]}])

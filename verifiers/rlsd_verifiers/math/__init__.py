@@ -66,6 +66,14 @@ def _parse_gold(gold: str) -> Value:
     return parse_value(text, is_gold=True)
 
 
+def clear_caches() -> None:
+    """Forget every parsed gold and answer (benchmarks measure the cold cost with it)."""
+    from .parsing import parse_math
+
+    _parse_gold.cache_clear()
+    parse_math.cache_clear()
+
+
 def check_options(fallback: str = "last_number", rel_tol: float = 1e-6,
                   max_chars: int = DEFAULT_MAX_CHARS) -> None:
     """Raise ValueError on an option value that cannot work (the CLI can call this early)."""
