@@ -22,13 +22,15 @@ cannot be parsed is gold_error, counted apart from the model's errors.
 
 from __future__ import annotations
 
+import re
 from fractions import Fraction
 from functools import lru_cache
 from typing import Any, Mapping, Sequence
 
 from rlsd_core import DEFAULT_MAX_CHARS, Category, Verdict, VerifierRecord, clean_tail, hookimpl
 
-from .answers import answer_key, choice_letter, clean_answer, extract, hedge_words, leading_choice
+from .answers import (answer_key, choice_letter, clean_answer, extract, hedge_words, is_bare,
+                      leading_choice)
 from .parsing import ParseFailure, Value, parse_value
 
 NAME = "math"
@@ -61,8 +63,21 @@ def _gold_strings(raw: Any) -> list[str] | None:
 
 @lru_cache(maxsize=4096)
 def _parse_gold(gold: str) -> Value:
+    """A gold is read like an answer, with two differences: several boxes are the list of
+    them, not a hedge (a gold never hedges: "12 or 13" and "19, 46, and 82" are lists too), and
+    a gold that is only an answer ("$(p, q) = (3, 2)$", "125 miles") is taken whole."""
     ex = extract(gold, fallback="none")
-    text = ex.text if ex.how == "boxed" and ex.text is not None else gold
+    if ex.boxes:
+        text = ", ".join(ex.boxes)
+    elif ex.text is not None and ex.how == "boxed":
+        text = ex.text
+    elif is_bare(_strip_delims(gold)) or len(gold) <= 40:
+        text = gold
+    else:  # a worked solution: its last formula or number, as for a completion
+        found = extract(gold)
+        text = found.text if found.text is not None else gold
+    if hedge_words(text):
+        text = _as_list(text)
     return parse_value(text, is_gold=True)
 
 
@@ -72,6 +87,10 @@ def clear_caches() -> None:
 
     _parse_gold.cache_clear()
     parse_math.cache_clear()
+
+
+def _strip_delims(s: str) -> str:
+    return s.replace("$", " ").replace("\\(", " ").replace("\\)", " ")
 
 
 def check_options(fallback: str = "last_number", rel_tol: float = 1e-6,
@@ -113,13 +132,15 @@ def score_one(completion: Any, row: Mapping[str, Any], *, fallback: str = "last_
     if not got:
         return Verdict.fail(Category.NO_ANSWER, "the final answer is empty")
     shown = _show(got)
-    if ex.hedge:
-        return Verdict.fail(Category.WRONG_ANSWER, f"expected {expected}, got a hedge: {ex.hedge}",
-                            answer=got)
-
     from .equivalence import equivalent, size  # sympy is imported in the worker only
 
     many = any(g.kind == "sym" and size(g) > 1 for g in golds)
+    source = ex.text
+    if ex.hedge:
+        if not (many and ex.boxes):
+            return Verdict.fail(Category.WRONG_ANSWER, f"expected {expected}, got a hedge: {ex.hedge}",
+                                answer=got)
+        source = ", ".join(ex.boxes)  # several boxes against a gold that lists several values
     hedged = hedge_words(ex.text)  # before units are stripped: "1 or 2" is not "1 (unit: or 2)"
     if hedged:
         if not many:
@@ -139,7 +160,6 @@ def score_one(completion: Any, row: Mapping[str, Any], *, fallback: str = "last_
                 return Verdict.ok(answer=got)
             continue
         if parsed is None and not parse_error:
-            source = ex.text
             if many and hedged:
                 source = _as_list(source)
             try:
@@ -155,10 +175,13 @@ def score_one(completion: Any, row: Mapping[str, Any], *, fallback: str = "last_
     return Verdict.fail(Category.WRONG_ANSWER, f"expected {expected}, got {shown}", answer=got)
 
 
-def _as_list(s: str) -> str:
-    import re
+_CONJUNCTION = re.compile(
+    r"\s*,?\s*(?:\\text\{\s*)?(?:\bor\b|\band\b|\\lor\b|\\vee\b)(?:\s*\})?\s*,?\s*")
 
-    return re.sub(r"\s*(?:\bor\b|\band\b|\\lor\b|\\vee\b)\s*", ", ", s)
+
+def _as_list(s: str) -> str:
+    """'1 or 2', '19, 46, and 82' -> a comma list."""
+    return _CONJUNCTION.sub(", ", s)
 
 
 def score(completions: Sequence[Any], rows: Sequence[Mapping[str, Any]], **options) -> list[Verdict]:

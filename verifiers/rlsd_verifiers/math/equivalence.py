@@ -351,13 +351,14 @@ def expr_equal(a: Any, g: Any, inexact: bool, rel_tol: float) -> bool:
     if a == g:
         return True
     fa, fg = a.free_symbols, g.free_symbols
-    if {s.name for s in fa} != {s.name for s in fg}:
-        return False
-    if not fa:
+    if not fa and not fg:
         return const_equal(a, g, inexact, rel_tol)
-    by_name = {s.name: s for s in fa}
+    # Sampled over the union of both sides' symbols: a side without some symbol is constant in
+    # it, so '\\sin^2 x + \\cos^2 x' can equal the gold 1, and 'x' still differs from 'y'.
+    by_name = {s.name: s for s in fg}
+    by_name.update({s.name: s for s in fa})
     g = g.xreplace({s: by_name[s.name] for s in fg if s is not by_name[s.name]})
-    symbols = sorted(fa, key=lambda s: s.name)
+    symbols = sorted(by_name.values(), key=lambda s: s.name)
     rel = mpmath.mpf(rel_tol) if inexact else mpmath.mpf("1e-12")
     agreed = 0
     for point in _points(symbols):
@@ -413,17 +414,21 @@ def _as_elements(v: Any) -> tuple[list, bool] | None:
 
 
 def _match_all(xs: list, ys: list, ordered: bool, inexact: bool, rel_tol: float) -> bool:
-    if len(xs) != len(ys):
-        return False
     if ordered:
-        return all(same(x, y, inexact, rel_tol) for x, y in zip(xs, ys))
-    free = list(range(len(ys)))
-    for x in xs:
-        hit = next((j for j in free if same(x, ys[j], inexact, rel_tol)), None)
-        if hit is None:
-            return False
-        free.remove(hit)
-    return True
+        return len(xs) == len(ys) and all(same(x, y, inexact, rel_tol) for x, y in zip(xs, ys))
+    if len(xs) == len(ys):
+        free = list(range(len(ys)))
+        for x in xs:
+            hit = next((j for j in free if same(x, ys[j], inexact, rel_tol)), None)
+            if hit is None:
+                break
+            free.remove(hit)
+        else:
+            return True
+    # As sets: an element listed twice ("(3,17,3,7)" repeated in a list of solutions) is one
+    # element. Every element on each side must equal one on the other.
+    return all(any(same(x, y, inexact, rel_tol) for y in ys) for x in xs) and \
+        all(any(same(x, y, inexact, rel_tol) for x in xs) for y in ys)
 
 
 def _equations_equal(a: Eq, g: Eq, inexact: bool, rel_tol: float) -> bool:
@@ -450,8 +455,59 @@ def _equations_equal(a: Eq, g: Eq, inexact: bool, rel_tol: float) -> bool:
         return all(_close(r, ratios[0], mpmath.mpf("1e-12")) for r in ratios[1:])
 
 
-def same(a: Any, g: Any, inexact: bool, rel_tol: float) -> bool:
-    """The structural dispatcher: a is the model's value, g the gold's."""
+def _condition(v: Any) -> bool:
+    """An inequality, a chain of them (And) or an alternative of them (Or)."""
+    if isinstance(v, (And, sympy.Or)):
+        return all(_condition(x) for x in v.args)
+    return _is_rel(v) and not isinstance(v, Eq)
+
+
+def _real_set(v: Any) -> Any:
+    """The set of reals a condition in one unknown describes ('-x > -1' -> (-oo, 1), '0 < f(x)
+    < 1' -> (0, 1), '1 <= |z| <= 3/2' -> [-3/2, -1] U [1, 3/2]), or None. The unknown is a lone
+    symbol or one function application; it is taken to be real."""
+    unknowns = set(v.free_symbols)
+    applied = v.atoms(sympy.core.function.AppliedUndef)
+    if applied:
+        if len(applied) != 1:
+            return None
+        (f,) = applied
+        unknowns -= f.free_symbols
+        if unknowns:
+            return None
+        target = f
+    elif len(unknowns) == 1:
+        (target,) = unknowns
+    else:
+        return None
+    t = sympy.Dummy("t", real=True)
+    try:
+        out = v.xreplace({target: t}).as_set()
+    except Exception:  # noqa: BLE001 - sympy cannot solve it: no set reading
+        return None
+    return out if isinstance(out, sympy.Set) else None
+
+
+def _as_set(v: Any) -> Any:
+    """A value read as a set of reals: a condition, an interval or union, or an open interval
+    written as a pair '(a, b)' with a < b; None otherwise."""
+    if _condition(v):
+        return _real_set(v)
+    if isinstance(v, (Interval, Union)):
+        return v
+    if isinstance(v, Tuple) and len(v) == 2 and all(getattr(x, "is_number", False) or x in (
+            sympy.oo, -sympy.oo) for x in v):
+        try:
+            if bool(v[0] < v[1]):
+                return Interval.open(v[0], v[1])
+        except TypeError:
+            return None
+    return None
+
+
+def same(a: Any, g: Any, inexact: bool, rel_tol: float, ordered: bool | None = None) -> bool:
+    """The structural dispatcher: a is the model's value, g the gold's. `ordered` overrides
+    whether two collections compare in order (the written shapes decide it at the top level)."""
     if isinstance(a, Fraction) and isinstance(g, Fraction):
         return num_equal(a, g, inexact, rel_tol)
     a, g = _sympify(a), _sympify(g)
@@ -461,19 +517,23 @@ def same(a: Any, g: Any, inexact: bool, rel_tol: float) -> bool:
         a = _unwrap_assignment(a)
     if isinstance(g, Eq) and not _is_rel(a):
         g = _unwrap_assignment(g)
+    if _condition(a) or _condition(g):
+        if _is_rel(a) and _is_rel(g) and not isinstance(a, Eq) and not isinstance(g, Eq):
+            if type(a) is type(g) and same(a.lhs, g.lhs, inexact, rel_tol) and \
+                    same(a.rhs, g.rhs, inexact, rel_tol):
+                return True
+            r = a.reversed
+            if type(r) is type(g) and same(r.lhs, g.lhs, inexact, rel_tol) and \
+                    same(r.rhs, g.rhs, inexact, rel_tol):
+                return True
+        if isinstance(a, And) and isinstance(g, And) and \
+                _match_all(list(a.args), list(g.args), False, inexact, rel_tol):
+            return True
+        # up to equivalence: the same set of solutions ('-x > -1' = 'x < 1' = (-oo, 1))
+        sa, sg = _as_set(a), _as_set(g)
+        return sa is not None and sg is not None and _sets_equal(sa, sg)
     if _is_rel(a) or _is_rel(g):
-        if not (_is_rel(a) and _is_rel(g)):
-            return False
-        if type(a) is type(g):
-            return same(a.lhs, g.lhs, inexact, rel_tol) and same(a.rhs, g.rhs, inexact, rel_tol)
-        r = a.reversed
-        if type(r) is type(g):
-            return same(r.lhs, g.lhs, inexact, rel_tol) and same(r.rhs, g.rhs, inexact, rel_tol)
         return False
-    if isinstance(a, And) or isinstance(g, And):
-        if not (isinstance(a, And) and isinstance(g, And)):
-            return False
-        return _match_all(list(a.args), list(g.args), False, inexact, rel_tol)
     ea, eg = _as_elements(a), _as_elements(g)
     if ea is not None or eg is not None:
         if ea is None:
@@ -483,13 +543,15 @@ def same(a: Any, g: Any, inexact: bool, rel_tol: float) -> bool:
         if isinstance(a, Interval) and isinstance(g, Interval):
             pass  # both open intervals: compare as intervals below
         else:
-            ordered = ea[1] and eg[1]
-            return _match_all(ea[0], eg[0], ordered, inexact, rel_tol)
+            in_order = ea[1] and eg[1] if ordered is None else ordered
+            return _match_all(ea[0], eg[0], in_order, inexact, rel_tol)
     if isinstance(a, Interval) and isinstance(g, Interval):
         return (a.left_open == g.left_open and a.right_open == g.right_open
                 and same(a.start, g.start, inexact, rel_tol) and same(a.end, g.end, inexact, rel_tol))
     if isinstance(a, Union) and isinstance(g, Union):
         return _match_all(list(a.args), list(g.args), False, inexact, rel_tol)
+    if isinstance(a, sympy.Set) and isinstance(g, sympy.Set):
+        return _sets_equal(a, g)
     if isinstance(a, MatrixBase) or isinstance(g, MatrixBase):
         if not (isinstance(a, MatrixBase) and isinstance(g, MatrixBase)) or a.shape != g.shape:
             return False
@@ -497,6 +559,16 @@ def same(a: Any, g: Any, inexact: bool, rel_tol: float) -> bool:
     if isinstance(a, sympy.Expr) and isinstance(g, sympy.Expr):
         return expr_equal(a, g, inexact, rel_tol)
     return a == g
+
+
+def _sets_equal(a: Any, g: Any) -> bool:
+    """Two sets of reals with the same elements (sympy's canonical forms, then difference)."""
+    if a == g:
+        return True
+    try:
+        return a.symmetric_difference(g) == sympy.EmptySet
+    except Exception:  # noqa: BLE001
+        return False
 
 
 def _variants(v: Value) -> list[tuple[Any, int | None]]:
@@ -513,13 +585,17 @@ def _variants(v: Value) -> list[tuple[Any, int | None]]:
 def equivalent(answer: Value, gold: Value, rel_tol: float = 1e-6) -> bool:
     """Is the parsed answer the gold answer? (See the module docstring for the rules.)"""
     inexact = answer.inexact or gold.inexact
+    shapes = {answer.shape, gold.shape}
+    if shapes == {"set", "tuple"}:
+        return False  # '\\{1, 3\\}' is not the pair '(3, 1)'
+    ordered = ("tuple" in shapes) if "list" in shapes else None
     for a, pa in _variants(answer):
         for g, pg in _variants(gold):
             if isinstance(a, Fraction) and isinstance(g, Fraction):
                 known = [p for p in (pa, pg) if p is not None]
                 if num_equal(a, g, inexact, rel_tol, min(known) if known else None):
                     return True
-            elif same(a, g, inexact, rel_tol):
+            elif same(a, g, inexact, rel_tol, ordered):
                 return True
     return False
 

@@ -26,7 +26,7 @@ from fractions import Fraction
 from functools import lru_cache
 from typing import Any
 
-from .answers import Cleaned, choice_letter, clean_answer, is_words
+from .answers import Cleaned, _split_top, _top_level, choice_letter, clean_answer, is_words
 
 MAX_DEPTH = 10
 MAX_PARSE_CHARS = 1_500
@@ -73,6 +73,7 @@ class Value:
     degrees: bool = False
     display: str = ""
     places: int | None = None  # decimal places as written ("6.32" -> 2, "1.5e-3" -> 4)
+    shape: str = ""  # how a collection was written: set, tuple, list or "" (answers.clean_answer)
 
 
 def to_int(digits: str) -> int:
@@ -136,7 +137,9 @@ def _fast_shapes(s: str) -> tuple[str, Any] | None:
             if all(v is not None for v in values):
                 import sympy
 
-                return "sym", sympy.FiniteSet(*(sympy.Rational(v.numerator, v.denominator) for v in values))
+                # in written order: a bare list is compared as a set, or in order against a
+                # tuple (equivalence.equivalent decides from the shapes)
+                return "sym", sympy.Tuple(*(sympy.Rational(v.numerator, v.denominator) for v in values))
         return None
     m = _COMPLEX_RE.match(s.strip())
     if m:
@@ -310,6 +313,9 @@ def parse_math(s: str) -> tuple[str, Any]:
     fast = _fast_shapes(latex)
     if fast is not None:
         return fast
+    composite = _composite(latex)
+    if composite is not None:
+        return composite
     try:
         expr = _latex2sympy()(latex)
     except (Exception, RecursionError) as exc:  # antlr and sympy raise all kinds
@@ -320,12 +326,68 @@ def parse_math(s: str) -> tuple[str, Any]:
         expr = sympy.Tuple(*expr) if expr else sympy.EmptySet
     if not isinstance(expr, (sympy.Basic, sympy.MatrixBase)):
         raise ParseFailure(f"parser returned {type(expr).__name__}")
+    if isinstance(expr, sympy.MatrixExpr) and not isinstance(expr, sympy.MatrixBase):
+        try:  # an unevaluated sum or product of explicit matrices
+            expr = expr.doit()
+        except Exception:  # noqa: BLE001 - shapes that do not fit: compared unevaluated
+            pass
     if isinstance(expr, sympy.MatrixBase):
         expr = sympy.ImmutableMatrix(expr)
     expr = _floats_to_rationals(expr)
     if isinstance(expr, sympy.Rational):
         return "num", Fraction(int(expr.p), int(expr.q))
     return "sym", expr
+
+
+_PM = re.compile(r"\\(?:pm|mp)(?![A-Za-z])|±|∓")
+_CLOCK = re.compile(r"^\s*\d{1,2}\s*:\s*\d{2}\s*$")
+
+
+def _composite(s: str) -> tuple[str, Any] | None:
+    """Shapes built from parts parsed one by one (the parser reads them wrongly or not at all):
+    - `\\pm` / `\\mp` anywhere in a list element: both signs, as a set of values
+      ('\\frac{-1 \\pm \\sqrt{13}}{4}', '\\pm 2021');
+    - a ratio or a clock time `a:b`: the tuple (a, b), compared in order ('12:00' != '1:00',
+      where a parser reads 12/00);
+    - a top-level list ('\\frac{1}{2}, \\sqrt{3}'): its elements in written order.
+    """
+    import sympy
+
+    has_pm = _PM.search(s) is not None
+    commas = _top_level(s, ",")
+    if not has_pm and ":" not in s and not commas:
+        return None
+    parts = _split_top(s, ",") if commas else [s]
+    if len(parts) > 100:
+        return None
+    values: list[Any] = []
+    for part in parts:
+        part = part.strip()
+        if not part:
+            raise ParseFailure("empty list element")
+        if _PM.search(part):
+            plus = _PM.sub(lambda m: "+" if m.group(0) in ("\\pm", "±") else "-", part)
+            minus = _PM.sub(lambda m: "-" if m.group(0) in ("\\pm", "±") else "+", part)
+            values += [_sym(parse_math(plus)), _sym(parse_math(minus))]
+        elif ":" in part and "=" not in part and len(_top_level(part, ":")) == 1:
+            a, b = _split_top(part, ":")
+            values.append(sympy.Tuple(_sym(parse_math(a.strip())), _sym(parse_math(b.strip()))))
+        elif len(parts) > 1:
+            values.append(_sym(parse_math(part)))
+        else:
+            return None
+    if has_pm:
+        return "sym", sympy.FiniteSet(*values)
+    if len(values) == 1:
+        return "sym", values[0]
+    return "sym", sympy.Tuple(*values)
+
+
+def _sym(parsed: tuple[str, Any]) -> Any:
+    import sympy
+
+    kind, value = parsed
+    return sympy.Rational(value.numerator, value.denominator) if kind == "num" else value
 
 
 def parse_value(raw: str, *, is_gold: bool = False) -> Value:
@@ -343,6 +405,7 @@ def parse_value(raw: str, *, is_gold: bool = False) -> Value:
     kind, value = parse_math(text)
     inexact = bool(_HAS_DECIMAL.search(text))
     return Value(kind, value, inexact=inexact, percent=c.percent, degrees=c.degrees, display=text,
+                 shape=c.shape,
                  places=decimal_places(text) if inexact and kind == "num" else None)
 
 
