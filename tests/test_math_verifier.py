@@ -1,4 +1,5 @@
-"""The math verifier: battery M01-M15, the G04 soak, and the reasoning-gym labeled set.
+"""The math verifier: battery M01-M15, the G04 soak, and the labeled sources (rlsd's own
+defect-class rows, the reasoning-gym set, and the peer suites of other graders' tests).
 
 Battery cases go through the real runtime (worker processes, hard deadline, cache off so that
 every call really parses). Each asserts reward, category, the time budget (the verifier's
@@ -13,7 +14,9 @@ import time
 
 import pytest
 
+import math_cases
 import math_labeled
+import peer_suites
 from hoststate import assert_restored, private_tmp, snapshot  # noqa: F401 - autouse fixture
 from rlsd_core import Category
 from rlsd_core.rewards import VerifierRuntime
@@ -274,6 +277,92 @@ def test_labeled_set_from_reasoning_gym(rt):
     false_pos = [w for w, c in zip(wrong, cases) if not c["expected"]]
     assert not false_pos, false_pos[:5]
     assert not wrong, wrong[:5]
+
+
+# -- issue 17: every defect class on minimal inputs, and the peer suites ----------------------
+ISSUE_17_CLASSES = {"minerva", "fallback_tokens", "fallback_hedge", "list_not_thousands",
+                    "gold_boxes", "times", "sets_tuples", "inequalities", "currency", "units_text",
+                    "plus_minus", "labels", "lists_and", "identities", "matrices"}
+
+
+def test_every_issue_17_class_has_rows_both_ways():
+    by_class: dict[str, set[bool]] = {}
+    for cls, _c, _g, expected in math_cases.CASES:
+        by_class.setdefault(cls, set()).add(expected)
+    assert ISSUE_17_CLASSES <= set(by_class)
+    assert all(by_class[c] == {True, False} for c in ISSUE_17_CLASSES), by_class
+
+
+@pytest.mark.parametrize("cls,completion,gold,expected", math_cases.CASES,
+                         ids=[f"{c[0]}-{i}" for i, c in enumerate(math_cases.CASES)])
+def test_issue_17_class(cls, completion, gold, expected):
+    v = score_one(completion, {"answer": gold})
+    assert (v.reward == 1.0) == expected, v
+    assert not v.is_infra, v  # a verdict about the answer, never a fault
+
+
+@pytest.mark.parametrize("completion", [
+    "$\\frac{7}{3}$", "$\\frac{1+\\sqrt5}{2}$", "$x\\in[0,1)$", "AZYUK2A", "12 m\u00b2", "x_1 + x_2",
+    "$3^{2}$", "see step 2 of $\\sqrt{2}$", "v2.0 of the tool", "$2$ or $3$", "either 2 or 3",
+    "page 2-3", "A2B", "\\alpha_2", "2nd"])
+def test_fallback_reads_no_digit_out_of_a_token_or_formula(completion):
+    """No row we could construct makes the fallback reward a digit it should not read."""
+    for gold in ("2", "3", "1"):
+        v = score_one(completion, {"answer": gold})
+        if v.reward == 1.0:
+            ex = extract(completion)
+            assert ex.how in ("formula", "last_number", "bare"), ex
+            # only a whole formula or a whole standalone number may score
+            assert ex.text.strip("$ ") in (gold, f"{gold}nd", "2-3") or ex.how == "formula", (completion, gold, ex)
+
+
+# Peer rows rlsd scores differently from the peer's label, each for a stated reason (a reading
+# rlsd holds on purpose, or a label that is wrong). Any other miss fails the test below.
+PEER_DISAGREEMENTS = {
+    # math-verify: its extraction refuses "$ \n 9 \n $" and "\( \n 9 \n \)" after "Answer";
+    # the 9 is the answer there, and rlsd reads it.
+    "tests/test_all.py::test_latex_notation[5]": "reads 9 in '$ 9 $'",
+    "tests/test_all.py::test_latex_notation[6]": "reads 9 in '\\( 9 \\)'",
+    # math-verify rejects a condition against a gold set (its allow_set_relation_comp off);
+    # rlsd compares both as the same set of reals.
+    "tests/test_all.py::test_set_rel_assymetry[3]": "-2 <= x <= 7 is the set [-2, 7]",
+    # "\boxed{1} no no no no no \boxed{2}": a gold with several boxes is their list.
+    "tests/test_open_thoughts.py::test_open_thoughts[28]": "a gold's boxes are a list",
+    # 1 - 1/e and 1 + 1/e differ: the peer's label is wrong.
+    "tests/test_yujianll.py::test_string_extraction[9]": "1 - 1/e != 1 + 1/e",
+    # a gold whose \boxed{ is never closed, against 'W(x)=1orW(x)=-1' (words glued to values)
+    "tests/test_numina_cases.py::test_numina_cases[24]": "malformed gold, glued 'or'",
+    # tinker-cookbook: several different boxes are a hedge (battery M11), not "the last one".
+    "tinker_cookbook/recipes/math_rl/math_env_test.py::test_multiple_boxed_returns_last[0]":
+        "several different boxes are a hedge",
+    # tinker-cookbook's grader asks for the simplified fraction; 2/4 is 1/2.
+    "tinker_cookbook/recipes/math_rl/math_env_test.py::test_sympy_equivalence[0]": "2/4 = 1/2",
+}
+
+
+@pytest.mark.parametrize("peer", sorted(peer_suites.PEERS))
+def test_peer_suite(rt, peer):
+    rows = peer_suites.load(peer)
+    assert len(rows) >= 50 and {r["source"] for r in rows} == {peer}
+    out = rt.score([r["completion"] for r in rows], [{"answer": r["gold"]} for r in rows])
+    misses = {r["origin"] for r, v in zip(rows, out) if (v.reward == 1.0) != r["expected"]}
+    assert misses <= set(PEER_DISAGREEMENTS), sorted(misses - set(PEER_DISAGREEMENTS))[:5]
+    assert 1 - len(misses) / len(rows) >= 0.97
+    faults = [r["origin"] for r, v in zip(rows, out) if v.is_infra and r["origin"] not in PEER_DISAGREEMENTS]
+    assert not faults, faults[:5]  # a verdict about the answer, not a fault (gold_error aside)
+
+
+def test_peer_rows_are_what_the_pinned_sdists_give():
+    """The frozen rows equal a fresh build from the pinned sdists (skipped without PyPI)."""
+    for peer in sorted(peer_suites.PEERS):
+        try:
+            fresh = peer_suites.build(peer)
+        except (OSError, RuntimeError, ValueError) as exc:  # subprocess errors included
+            if isinstance(exc, RuntimeError) and "sha256" in str(exc):
+                raise
+            pytest.skip(f"cannot fetch {peer} from PyPI here: {exc}")
+        with open(peer_suites.path_for(peer), encoding="utf-8") as fh:
+            assert peer_suites.dumps(fresh) == fh.read(), "regenerate: python tests/peer_suites.py"
 
 
 # -- G04 ------------------------------------------------------------------------------------

@@ -154,20 +154,23 @@ def formula_spans(text: str) -> list[tuple[int, int, int, int]]:
         return []
     out = []
     i, n = 0, len(text)
+    unclosed: set[str] = set()  # closers known to be absent from here on: keeps this linear
     while i < n:
         ch = text[i]
         if ch == "\\" and i + 1 < n and text[i + 1] in "([":
             close = "\\)" if text[i + 1] == "(" else "\\]"
-            j = text.find(close, i + 2)
+            j = -1 if close in unclosed else text.find(close, i + 2)
             if j < 0:
+                unclosed.add(close)
                 i += 2
                 continue
             out.append((i, j + 2, i + 2, j))
             i = j + 2
         elif ch == "$" and (i == 0 or text[i - 1] != "\\"):
             if text.startswith("$$", i):
-                j = text.find("$$", i + 2)
+                j = -1 if "$$" in unclosed else text.find("$$", i + 2)
                 if j < 0:
+                    unclosed.add("$$")
                     i += 2
                     continue
                 out.append((i, j + 2, i + 2, j))

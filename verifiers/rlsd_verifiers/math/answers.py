@@ -63,7 +63,7 @@ _MATH_WORDS = {"pi", "e", "i", "x", "y", "z", "n", "inf", "infty", "infinity", "
 # Words a bare answer may contain besides math: list and alternative conjunctions.
 _BARE_WORDS = _MATH_WORDS | {"or", "and"}
 _LETTER_RUN = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{2,}")
-_COMMAND = re.compile(r"\\[A-Za-z]+")
+_COMMAND = re.compile(r"\\(?:begin|end)\{[A-Za-z*]*\}|\\[A-Za-z]+")
 _TEXT_CONTENT = re.compile(r"\\(?:text|textbf|textnormal|mathrm|mbox)\s*\{[^{}]*\}")
 
 
