@@ -2,12 +2,18 @@
 
     python bench/verifiers.py [--workers 2] [--timeout 5] [--repeats 3] [--show-errors]
 
-Both verifiers run through rlsd_core.runtime.VerifierRuntime (the way a trainer must run them
-to be safe): the same worker count, the same per-sample wall-clock deadline, the cache off.
-On the reasoning-gym labeled set (tests/math_labeled.py, frozen in tests/data/) it reports accuracy with false
-positives and false negatives apart, items per second, and the peak RSS of the worker
-processes; then rlsd's reward-cache hit rate and throughput on grouped samples (8 per prompt,
-as in GRPO-style training). Prints one table.
+Every labeled source is scored separately: rlsd's own defect-class rows (tests/math_cases.py),
+the reasoning-gym set (tests/math_labeled.py), and each peer suite (tests/peer_suites.py: rows
+from other graders' tests). All three engines run through rlsd_core.runtime.VerifierRuntime
+(the way a trainer must run them to be safe): the same worker count, the same per-sample
+wall-clock deadline, the cache off:
+  - rlsd math: rlsd's extraction and its own comparison;
+  - Math-Verify 0.9.0 as its docs advise (parse the completion, verify against the gold);
+  - rlsd extraction + Math-Verify: rlsd's hygiene, extraction and hedge rules, then
+    Math-Verify's parser and comparison (the engine alternative considered in issue 17).
+It prints accuracy per source (false positives and negatives apart), then throughput on all
+rows: items per second under the deadline, CPU ms per item in-process (the steadier number on a
+shared machine), peak worker RSS; then rlsd's reward-cache hit rate on grouped samples.
 """
 
 from __future__ import annotations
@@ -24,7 +30,10 @@ sys.path[:0] = [HERE, os.path.join(os.path.dirname(HERE), "tests")]
 
 import psutil  # noqa: E402
 
+import math_cases  # noqa: E402
 import math_labeled  # noqa: E402
+import peer_suites  # noqa: E402
+from _mathverify import HYBRID_RECORD  # noqa: E402
 from _mathverify import RECORD as MV_RECORD  # noqa: E402
 from rlsd_core.rewards import VerifierRuntime  # noqa: E402
 from rlsd_verifiers.math import RECORD as RLSD_RECORD  # noqa: E402
@@ -72,16 +81,31 @@ def run(record, cases, *, workers, timeout, cache):
             elapsed = time.perf_counter() - t0
         stats = rt.stats
         rt.clear_cache()
-    fp = sum(1 for c, v in zip(cases, out) if v.reward == 1.0 and not c["expected"])
-    fn = sum(1 for c, v in zip(cases, out) if v.reward != 1.0 and c["expected"])
     infra = {k: stats[k] - base[k] for k in ("timeouts", "crashes", "verifier_errors")}
     return {
-        "accuracy": 1 - (fp + fn) / len(cases), "fp": fp, "fn": fn, "items_s": len(cases) / elapsed,
-        "rss_mb": rss.peak / 2**20, "hit_rate": (stats["cache_hits"] - base["cache_hits"]) / max(
+        "out": out, "items_s": len(cases) / elapsed, "rss_mb": rss.peak / 2**20,
+        "hit_rate": (stats["cache_hits"] - base["cache_hits"]) / max(
             1, stats["cache_lookups"] - base["cache_lookups"]), **infra,
-        "wrong": [(c["task"], c["tag"], c["completion"][:50], c["gold"][:30])
-                  for c, v in zip(cases, out) if (v.reward == 1.0) != c["expected"]],
+        **accuracy(cases, out),
     }
+
+
+def accuracy(cases, out) -> dict:
+    fp = sum(1 for c, v in zip(cases, out) if v.reward == 1.0 and not c["expected"])
+    fn = sum(1 for c, v in zip(cases, out) if v.reward != 1.0 and c["expected"])
+    return {"accuracy": 1 - (fp + fn) / len(cases), "fp": fp, "fn": fn,
+            "wrong": [(c.get("source", ""), c.get("origin", c.get("tag", "")), c["completion"][-60:],
+                       str(c["gold"])[:40]) for c, v in zip(cases, out)
+                      if (v.reward == 1.0) != c["expected"]]}
+
+
+def sources() -> dict[str, list[dict]]:
+    """Every labeled source, by name; rows carry their source."""
+    gym = [{**c, "source": "reasoning-gym"} for c in math_labeled.load()]
+    out = {"rlsd-classes": math_cases.load(), "reasoning-gym": gym}
+    for peer in sorted(peer_suites.PEERS):
+        out[peer] = peer_suites.load(peer)
+    return out
 
 
 def cpu_cost(record, cases, repeats: int) -> float:
@@ -116,53 +140,72 @@ def grouped(cases, group_size=8, seed=0):
     return out
 
 
+ENGINES = (("rlsd math", RLSD_RECORD), ("Math-Verify 0.9.0", MV_RECORD),
+           ("rlsd extract + MV", HYBRID_RECORD))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--timeout", type=float, default=5.0)
-    ap.add_argument("--items-per-task", type=int, default=math_labeled.ITEMS_PER_TASK)
     ap.add_argument("--repeats", type=int, default=3, help="rounds per verifier (best kept)")
     ap.add_argument("--show-errors", action="store_true")
     args = ap.parse_args(argv)
 
-    cases = (math_labeled.load() if args.items_per_task == math_labeled.ITEMS_PER_TASK
-             else math_labeled.build(items_per_task=args.items_per_task))
-    groups = grouped(cases)
-    print(f"labeled set: {len(cases)} cases ({sum(c['expected'] for c in cases)} equivalent, "
-          f"{sum(not c['expected'] for c in cases)} near misses) from {len(math_labeled.TASKS)} "
-          f"reasoning-gym tasks; {args.workers} workers, {args.timeout:g} s hard deadline per "
+    by_source = sources()
+    cases = [c for rows in by_source.values() for c in rows]
+    gym = by_source["reasoning-gym"]
+    groups = grouped(gym)
+    print(f"labeled rows: {len(cases)} ({sum(c['expected'] for c in cases)} equivalent) from "
+          f"{len(by_source)} sources; {args.workers} workers, {args.timeout:g} s hard deadline per "
           f"sample, {os.cpu_count()} cores, best of {args.repeats} alternating rounds; load "
           f"average {os.getloadavg()[0]:.1f}", flush=True)
     results: dict = {}
-    # Alternate the two verifiers and keep each one's best round: on a shared machine the load
-    # changes between runs, and the best round is the least disturbed one.
+    # Alternate the engines and keep each one's fastest round: on a shared machine the load
+    # changes between runs, and the fastest round is the least disturbed one.
     for _round in range(args.repeats):
-        for name, rec in (("Math-Verify 0.9.0", MV_RECORD), ("rlsd math", RLSD_RECORD)):
+        for name, rec in ENGINES:
             r = run(rec, cases, workers=args.workers, timeout=args.timeout, cache=0)
             if name not in results or r["items_s"] > results[name]["items_s"]:
                 results[name] = r
-    cpu = {name: cpu_cost(rec, cases, args.repeats)
-           for name, rec in (("Math-Verify 0.9.0", MV_RECORD), ("rlsd math", RLSD_RECORD))}
+    cpu = {name: cpu_cost(rec, cases, args.repeats) for name, rec in ENGINES}
     g_mv = run(MV_RECORD, groups, workers=args.workers, timeout=args.timeout, cache=0)
     g_rlsd = run(RLSD_RECORD, groups, workers=args.workers, timeout=args.timeout, cache=100_000)
 
-    head = (f"{'verifier':<20}{'accuracy':>9}{'FP':>5}{'FN':>5}{'items/s':>10}{'CPU ms/item':>13}"
-            f"{'peak RSS':>11}{'timeouts':>10}{'crashes':>9}")
-    print()
+    names = [n for n, _ in ENGINES]
+    head = f"{'source':<18}{'rows':>6}" + "".join(f"{n:>22}" for n in names)
+    print("\naccuracy per source (FP/FN)")
     print(head)
     print("-" * len(head))
-    for name, r in results.items():
-        print(f"{name:<20}{r['accuracy']:>9.1%}{r['fp']:>5}{r['fn']:>5}{r['items_s']:>10.0f}"
-              f"{cpu[name] * 1000:>13.2f}{r['rss_mb']:>8.0f} MB{r['timeouts']:>10}{r['crashes']:>9}")
+    pos = 0
+    for source, rows in list(by_source.items()) + [("all", cases)]:
+        sl = slice(pos, pos + len(rows)) if source != "all" else slice(0, len(cases))
+        line = f"{source:<18}{len(rows):>6}"
+        for n in names:
+            a = accuracy(rows, results[n]["out"][sl])
+            line += f"{a['accuracy']:>12.1%} ({a['fp']:>2}/{a['fn']:>3})"
+        print(line)
+        if source != "all":
+            pos += len(rows)
+    head = (f"{'engine':<20}{'items/s':>10}{'CPU ms/item':>13}{'peak RSS':>11}{'timeouts':>10}"
+            f"{'crashes':>9}")
+    print("\nthroughput on all rows")
+    print(head)
+    print("-" * len(head))
+    for n in names:
+        r = results[n]
+        print(f"{n:<20}{r['items_s']:>10.0f}{cpu[n] * 1000:>13.2f}{r['rss_mb']:>8.0f} MB"
+              f"{r['timeouts']:>10}{r['crashes']:>9}")
     mv, me = results["Math-Verify 0.9.0"], results["rlsd math"]
     print(f"\nthroughput rlsd / Math-Verify: {me['items_s'] / mv['items_s']:.1f}x items/s under the "
           f"deadline; {cpu['Math-Verify 0.9.0'] / cpu['rlsd math']:.1f}x in CPU per item")
     print("(items/s: wall clock through the runtime, sensitive to other load on the machine; CPU "
-          "ms/item: the verifier's function in-process, single thread)")
-    print(f"\ngrouped samples ({len(groups)} = {len(groups) // 8} prompts x 8):")
+          "ms/item: the verifier's function in-process, single thread, the steadier number)")
+    print(f"\ngrouped samples ({len(groups)} = {len(groups) // 8} reasoning-gym prompts x 8):")
     print(f"  Math-Verify (no cache)      {g_mv['items_s']:>8.0f} items/s   accuracy {g_mv['accuracy']:.1%}")
     print(f"  rlsd math with reward cache {g_rlsd['items_s']:>8.0f} items/s   accuracy "
           f"{g_rlsd['accuracy']:.1%}   cache hit rate {g_rlsd['hit_rate']:.1%}")
+    print(f"load average at the end {os.getloadavg()[0]:.1f}")
     if args.show_errors:
         for name, r in results.items():
             for w in r["wrong"]:

@@ -41,6 +41,9 @@ CASES: list[tuple[str, str, str, bool]] = [
     ("fallback_hedge", "It is either 3 or 4.", "4", False),
     ("fallback_hedge", "So $x = 3$ or $x = 4$.", "4", False),
     ("fallback_hedge", "We add 3 and get 7.", "7", True),
+    ("fallback_hedge", "The answer is not 5.", "5", False),
+    ("fallback_hedge", "It is not 5. We check again and get 6.", "6", True),
+    ("fallback_hedge", "It cannot be 5", "5", False),
     # A comma list is not a thousands separator.
     ("list_not_thousands", "\\boxed{3, 100}", "3100", False),
     ("list_not_thousands", "\\boxed{3, 100}", "3, 100", True),

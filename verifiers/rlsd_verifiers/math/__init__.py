@@ -1,19 +1,21 @@
 """The `math` verifier: is the completion's final answer mathematically the gold answer?
 
 Data flow (one sample): clean text (rlsd_core.clean_tail: type check, tail cap,
-NFKC) -> answers.extract (last \\boxed{}, <answer> tag, "final answer is" phrase, else the last
-number) -> hedge checks -> answers.clean_answer (units, \\text{}, $, degrees, %) ->
-parsing.parse_value (exact literals without sympy, else latex2sympy2_extended) ->
-equivalence.equivalent (exact, tolerant for decimals, symbolic by sampling, bounded for huge
-numbers) -> Verdict with a short feedback message ("expected 12, got 13").
+NFKC) -> answers.extract (boxes, <answer> tag, answer phrase, bold number, else the last formula
+or standalone number) -> hedge checks -> answers.clean_answer (formula delimiters, currency,
+units, \\text{}, labels and chains, degrees, %) -> parsing.parse_value (exact literals without
+sympy; \\pm, ratios and lists part by part; else latex2sympy2_extended) ->
+equivalence.equivalent (exact, tolerant for decimals, symbolic by sampling, conditions as sets,
+bounded for huge numbers) -> Verdict with a short feedback message ("expected 12, got 13").
 
 It runs in the runtime's worker processes under a hard deadline (it parses untrusted
 structure, so it is not `in_process`). Only primitive values leave it: the Verdict carries
 strings taken from the input text, never a formatted sympy object.
 
 Options:
-  fallback   "last_number" (default): with no wrapped answer, score the last number in the text;
-             "none": no wrapped answer is no_answer.
+  fallback   "last_number" (default): with no boxed, tagged or phrased answer, score a bold
+             number, else the last formula or standalone number in the text;
+             "none": no boxed, tagged or phrased answer is no_answer.
   rel_tol    relative tolerance for answers written as decimals (default 1e-6).
   max_chars  input cap; the tail is kept (default 20,000).
 The gold column `answer` is a string or number (a list means "any of these"); a gold that

@@ -38,6 +38,7 @@ _NUMBER_RE = re.compile(
 _BOLD_NUMBER_RE = re.compile(r"\*\*\s*(\$?\s*[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)?(?:\.\d+)?)\s*\*\*")
 _OR_GAP_RE = re.compile(r"^[\s$,]*(?:\\text\{\s*)?(?:or|either)(?:\s+(?:maybe|perhaps|possibly|else))?"
                         r"\s*\}?[\s$,]*$", re.IGNORECASE)
+_NEGATION_RE = re.compile(r"\b(?:not|never|cannot|isn't|aren't|wasn't|can't)\b", re.IGNORECASE)
 _HEDGE_RE = re.compile(r"(?<![A-Za-z\\])(?:or|and)(?![A-Za-z])|\\(?:lor|vee)(?![A-Za-z])")
 # `\,` and friends are spacing; `\\ ` (a row break followed by a space) is not.
 _SPACE_CMDS = re.compile(r"(?<!\\)\\[,;:! ]|\\q?quad(?![A-Za-z])|\\displaystyle(?![A-Za-z])|~")
@@ -111,11 +112,18 @@ def _last_candidate(s: str) -> Extracted | None:
     if not cands:
         return None
     a, b, text, kind = cands[-1]
+    lead_from = 0
     if len(cands) > 1:
         pa, pb, ptext, _ = cands[-2]
         if _OR_GAP_RE.match(s[pb:a]) and _squash(ptext) != _squash(text):
             return Extracted(text, kind, f"alternatives offered ({_squash(ptext)[:25]} or "
                                          f"{_squash(text)[:25]})")
+        lead_from = pb
+    lead = s[max(lead_from, a - 80): a]
+    cut = max(lead.rfind(". "), lead.rfind("\n"))
+    if _NEGATION_RE.search(lead[cut + 1:]):
+        # "It is not 5." states what the answer is not: no answer, rather than a false 5
+        return Extracted(text, kind, f"a negated value ({_squash(text)[:25]})")
     return Extracted(text, kind)
 
 

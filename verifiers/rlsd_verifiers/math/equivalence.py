@@ -324,7 +324,12 @@ def _sympify(v: Any) -> Any:
 
 def _subs_value(e: Any, point: dict) -> Any:
     try:
-        v = e.evalf(30, subs=point)
+        if e.has(sympy.Sum, sympy.Product):
+            # at integer points (see _points) a sum is finite: add it up instead of evalf's
+            # Euler-Maclaurin estimate, which takes seconds on symbolic terms
+            v = sympy.N(e.xreplace(point).doit(), 30)
+        else:
+            v = e.evalf(30, subs=point)
     except (TypeError, ValueError, ZeroDivisionError, AttributeError):
         return None
     if not getattr(v, "is_number", False) or v.has(sympy.zoo, sympy.nan, sympy.oo, -sympy.oo):
@@ -336,10 +341,14 @@ def _subs_value(e: Any, point: dict) -> Any:
         return None
 
 
-def _points(symbols: list) -> list[dict]:
+def _points(symbols: list, integer: bool = False) -> list[dict]:
+    """Five sample points; small distinct integers when a sum or product needs integer bounds."""
     out = []
     for k, (base, step) in enumerate(_SAMPLE_POINTS):
-        out.append({s: sympy.Rational(base + step * i) for i, s in enumerate(symbols)})
+        if integer:
+            out.append({s: sympy.Integer(3 + k + 2 * i) for i, s in enumerate(symbols)})
+        else:
+            out.append({s: sympy.Rational(base + step * i) for i, s in enumerate(symbols)})
     return out
 
 
@@ -361,7 +370,7 @@ def expr_equal(a: Any, g: Any, inexact: bool, rel_tol: float) -> bool:
     symbols = sorted(by_name.values(), key=lambda s: s.name)
     rel = mpmath.mpf(rel_tol) if inexact else mpmath.mpf("1e-12")
     agreed = 0
-    for point in _points(symbols):
+    for point in _points(symbols, a.has(sympy.Sum, sympy.Product) or g.has(sympy.Sum, sympy.Product)):
         va, vg = _subs_value(a, point), _subs_value(g, point)
         if va is None or vg is None:
             continue
@@ -444,7 +453,7 @@ def _equations_equal(a: Eq, g: Eq, inexact: bool, rel_tol: float) -> bool:
     if not syms:
         return False
     ratios = []
-    for point in _points(syms):
+    for point in _points(syms, da.has(sympy.Sum, sympy.Product) or dg.has(sympy.Sum, sympy.Product)):
         va, vg = _subs_value(da, point), _subs_value(dg, point)
         if va is None or vg is None or vg == 0:
             continue
