@@ -71,7 +71,7 @@ def _parse_gold(gold: str) -> Value:
     ex = extract(gold, fallback="none")
     if ex.boxes:
         text = ", ".join(ex.boxes)
-    elif ex.text is not None and ex.how == "boxed":
+    elif ex.text is not None:  # boxed, tagged or phrased ("The answer is 5")
         text = ex.text
     elif is_bare(_strip_delims(gold)) or len(gold) <= 40:
         text = gold
