@@ -36,7 +36,7 @@ from .answers import (answer_key, choice_letter, clean_answer, extract, hedge_wo
 from .parsing import ParseFailure, Value, parse_value
 
 NAME = "math"
-VERSION = "1.0"
+VERSION = "2.0"  # verdicts changed with issue 17 (extraction order, comparisons): new cache keys
 _FALLBACKS = ("last_number", "none")
 
 
