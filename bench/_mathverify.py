@@ -34,8 +34,7 @@ def score_rlsd_extraction(completions, rows, **options):
     the runtime's hard deadline is the only one)."""
     from math_verify import parse, verify
 
-    from rlsd_core import Category
-    from rlsd_core.runtime import clean_tail
+    from rlsd_core import Category, clean_tail
     from rlsd_verifiers.math.answers import clean_answer, extract
 
     out = []

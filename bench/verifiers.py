@@ -4,7 +4,7 @@
 
 Every labeled source is scored separately: rlsd's own defect-class rows (tests/math_cases.py),
 the reasoning-gym set (tests/math_labeled.py), and each peer suite (tests/peer_suites.py: rows
-from other graders' tests). All three engines run through rlsd_core.runtime.VerifierRuntime
+from other graders' tests). All three engines run through rlsd_core.rewards.VerifierRuntime
 (the way a trainer must run them to be safe): the same worker count, the same per-sample
 wall-clock deadline, the cache off:
   - rlsd math: rlsd's extraction and its own comparison;
