@@ -380,3 +380,17 @@ def test_construction_errors_name_the_problem(tmp_path, model_dir):
     with pytest.raises(ValueError, match=r"injector 'reference_solution' needs dataset column\(s\) "
                                          r"\['solution'\]"):
         RLSDTrainer(injector="reference_solution", processing_class=_tokenizer(model_dir), **kw)
+
+
+def test_the_docs_example_runs(tmp_path, monkeypatch):
+    """docs/integrations.md's RLSDTrainer example, as written (its output_dir is relative)."""
+    import re
+    text = (Path(__file__).resolve().parents[1] / "docs" / "integrations.md").read_text()
+    (code,) = [b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "RLSDTrainer(" in b]
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(compile(code, "docs/integrations.md", "exec"), scope)
+    trainer = scope["trainer"]
+    assert trainer.state.global_step == 2
+    lams = [h["rlsd/lambda"] for h in trainer.state.log_history if "rlsd/lambda" in h]
+    assert lams == [pytest.approx(0.5 * (1 - 1 / 60)), pytest.approx(0.5 * (1 - 2 / 60))]  # release

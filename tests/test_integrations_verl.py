@@ -193,3 +193,15 @@ def test_verls_own_reward_managers_call_it(tmp_path):
         assert scores == [1.0, 0.0, 1.0], name
         assert float(out["reward_tensor"].sum()) == 2.0
         assert list(out["reward_extra_info"]["verdict"]) == ["ok", "wrong_answer", "ok"]
+
+
+def test_the_docs_example_prints_what_it_says(capsys):
+    import re
+    from pathlib import Path
+    text = (Path(__file__).resolve().parents[1] / "docs" / "integrations.md").read_text()
+    (code,) = [b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "compute_score" in b
+               and "partial" in b]
+    exec(compile(code, "docs/integrations.md", "exec"), {})
+    printed = capsys.readouterr().out.strip().splitlines()
+    promised = [line[2:] for line in code.splitlines() if line.startswith("# {")]
+    assert printed == promised
