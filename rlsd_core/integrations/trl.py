@@ -25,7 +25,6 @@ like with like: with the `none` injector it is exactly 0.
 from __future__ import annotations
 
 import logging
-import math
 from collections import Counter
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -268,6 +267,9 @@ class RLSDTrainer(GRPOTrainer):
         self.rlsd_negative_only = bool(negative_only)
         self.rlsd_diagnostics: dict[str, float] | None = None
         super().__init__(*args, **kwargs)
+        if getattr(self, "environment_factories", None):
+            raise NotImplementedError("RLSDTrainer: environment_factory (multi-turn environments) "
+                                      "is not supported yet; use GRPOTrainer for those runs")
         self._check_injector_columns(injector)
         if teacher != "live" and (self.is_fsdp_enabled or _zero3(self)):
             raise ValueError(f"RLSDTrainer: teacher={teacher!r} copies the policy, which FSDP / "
@@ -335,6 +337,7 @@ class RLSDTrainer(GRPOTrainer):
         prompt, both through TRL's scoring forward, without gradient."""
         completion_ids, completion_mask = output["completion_ids"], output["completion_mask"]
         t_ids, t_mask = self.rlsd_teacher_prompts(inputs)
+        self._place_teacher()
         keep = completion_ids.size(1)
         batch_size = self.args.per_device_train_batch_size
         with torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
@@ -348,6 +351,16 @@ class RLSDTrainer(GRPOTrainer):
                 self.rlsd_teacher.model, torch.cat([t_ids, completion_ids], dim=1),
                 torch.cat([t_mask, completion_mask], dim=1), keep, batch_size=batch_size)[0]
         return student, teacher
+
+    def _place_teacher(self) -> None:
+        """Keep a snapshot / EMA copy on the policy's device and in its dtype: under DeepSpeed the
+        policy reaches its device (and dtype) only when training starts, after the copy."""
+        if self.rlsd_teacher.mode == "live":
+            return
+        ref = next(self.model.parameters())
+        own = next(self.rlsd_teacher.model.parameters())
+        if own.device != ref.device or own.dtype != ref.dtype:
+            self.rlsd_teacher.model.to(device=ref.device, dtype=ref.dtype)
 
     def rlsd_teacher_prompts(self, inputs: list[Mapping[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Teacher prompt ids and mask [B, P_T], left-padded like TRL's prompts, tokenized by TRL
@@ -393,7 +406,8 @@ class RLSDTrainer(GRPOTrainer):
     def _global_means(self, local: Mapping[str, float], mask: torch.Tensor) -> dict[str, float]:
         """Token means over every process (each rank's means weighted by its token count), so
         that every rank's scheduler reads the same diagnostics and keeps the same lambda."""
-        keys = sorted(k for k, v in local.items() if v is not None and math.isfinite(v))
+        # Every rank must reduce the same keys in the same order (a NaN stays visible as NaN).
+        keys = sorted(k for k, v in local.items() if v is not None)
         n = mask.sum().to(torch.float64)
         vec = torch.stack([torch.tensor(local[k], dtype=torch.float64, device=n.device) * n for k in keys] + [n])
         total = self.accelerator.reduce(vec, reduction="sum")
