@@ -70,7 +70,8 @@ def run_round(trainer) -> tuple[list[float], float]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=4, help="measured rounds (plus one warm-up)")
     ap.add_argument("--steps", type=int, default=2, help="steps per arm per round")
     ap.add_argument("--prompts", type=int, default=8)

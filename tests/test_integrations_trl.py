@@ -377,6 +377,8 @@ def test_construction_errors_name_the_problem(tmp_path, model_dir):
         RLSDTrainer(injector="reference_answr", **kw)
     with pytest.raises(UnknownNameError, match="no scheduler named 'papr'"):
         RLSDTrainer(scheduler="papr", **kw)
+    with pytest.raises(ValueError, match=r"teacher must be one of \('snapshot', 'live', 'ema'\)"):
+        RLSDTrainer(teacher="frozen", **kw)
     with pytest.raises(ValueError, match=r"injector 'reference_solution' needs dataset column\(s\) "
                                          r"\['solution'\]"):
         RLSDTrainer(injector="reference_solution", processing_class=_tokenizer(model_dir), **kw)

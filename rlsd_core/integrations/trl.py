@@ -32,6 +32,7 @@ import torch
 
 from .. import algo
 from ..loop import Teacher
+from ..loop.teacher import MODES as TEACHER_MODES
 from ..plugins import PluginManager
 from ..records import InjectorContext, Magnitude
 from ..rewards import VerifierRuntime
@@ -254,6 +255,8 @@ class RLSDTrainer(GRPOTrainer):
                  **kwargs: Any) -> None:
         # Everything rlsd can check is checked before TRL loads a model.
         _check_trl()
+        if teacher not in TEACHER_MODES:
+            raise ValueError(f"RLSDTrainer: teacher must be one of {TEACHER_MODES}, got {teacher!r}")
         reg = registry(plugins)
         self.rlsd_injector = reg.injector(injector)
         if self.rlsd_injector.needs_group:
@@ -340,7 +343,9 @@ class RLSDTrainer(GRPOTrainer):
         self._place_teacher()
         keep = completion_ids.size(1)
         batch_size = self.args.per_device_train_batch_size
-        with torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
+        no_checkpointing = disable_gradient_checkpointing(self.model,
+                                                          self.args.gradient_checkpointing_kwargs)
+        with torch.no_grad(), no_checkpointing:
             student = output.get("old_per_token_logps")
             if student is None:
                 student = self._get_per_token_logps_and_entropies(
@@ -409,7 +414,8 @@ class RLSDTrainer(GRPOTrainer):
         # Every rank must reduce the same keys in the same order (a NaN stays visible as NaN).
         keys = sorted(k for k, v in local.items() if v is not None)
         n = mask.sum().to(torch.float64)
-        vec = torch.stack([torch.tensor(local[k], dtype=torch.float64, device=n.device) * n for k in keys] + [n])
+        vec = torch.stack([torch.tensor(local[k], dtype=torch.float64, device=n.device) * n
+                           for k in keys] + [n])
         total = self.accelerator.reduce(vec, reduction="sum")
         denom = float(total[-1]) or 1.0
         return {k: float(total[i]) / denom for i, k in enumerate(keys)}

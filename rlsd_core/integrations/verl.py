@@ -221,8 +221,9 @@ def compute_score(data_source: str, solution_str: str, ground_truth: Any, extra_
 
 def compute_score_batch(data_sources: Sequence[str], solution_strs: Sequence[str],
                         ground_truths: Sequence[Any], extra_infos: Sequence[Any] | None = None, *,
-                        routes: Mapping[str, Any] | None = None, runtime: Mapping[str, Any] | None = None,
-                        return_dict: bool = False, infra_score: float = 0.0,
+                        routes: Mapping[str, Any] | None = None,
+                        runtime: Mapping[str, Any] | None = None, return_dict: bool = False,
+                        infra_score: float = 0.0,
                         **kwargs: Any) -> list[float | dict]:
     """The same for verl's `batch` reward manager (reward_manager.name=batch): every sample of
     a route scored in one runtime call, so the reward cache and the worker pool see the batch."""
