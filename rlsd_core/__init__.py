@@ -17,14 +17,15 @@ starts light. The rooms behind it (see docs/architecture.md):
 
 from importlib.metadata import PackageNotFoundError, version as _version
 
-from .hookspecs import hookimpl, hookspec
+from .hookspecs import API_VERSION, RlsdDeprecationWarning, hookimpl, hookspec
 from .hygiene import DEFAULT_MAX_CHARS, clean_completion, clean_tail, keep_tail, normalize_text
 from .leakage import Leak, leakage, leakage_count
-from .records import (CreditInputs, InjectorContext, InjectorRecord, LossInputs, Magnitude,
+from .records import (CreditInputs, Example, InjectorContext, InjectorRecord, LossInputs, Magnitude,
                       ObjectiveRecord, RecordError, RunInfo, Scheduler, SchedulerRecord, TaskError,
                       TaskSourceRecord, VerifierRecord)
 from .verdict import Category, Verdict
-from .plugins import PluginError, PluginManager, UnknownNameError, get_plugin_manager
+from .plugins import (ApiVersionError, PluginError, PluginManager, UnknownNameError,
+                      get_plugin_manager)
 
 try:
     __version__ = _version("rlsd")
@@ -32,9 +33,11 @@ except PackageNotFoundError:  # running from a source tree that was never instal
     __version__ = "0.0.0+unknown"
 
 __all__ = [
-    "Category", "CreditInputs", "DEFAULT_MAX_CHARS", "InjectorContext", "InjectorRecord", "Leak",
-    "LossInputs", "Magnitude", "ObjectiveRecord", "PluginError", "PluginManager", "RecordError",
-    "RunInfo", "Scheduler", "SchedulerRecord", "TaskError", "TaskSourceRecord", "UnknownNameError",
-    "Verdict", "VerifierRecord", "clean_completion", "clean_tail", "get_plugin_manager", "hookimpl",
-    "hookspec", "keep_tail", "leakage", "leakage_count", "normalize_text", "__version__",
+    "API_VERSION", "ApiVersionError", "Category", "CreditInputs", "DEFAULT_MAX_CHARS", "Example",
+    "InjectorContext", "InjectorRecord", "Leak", "LossInputs", "Magnitude", "ObjectiveRecord",
+    "PluginError", "PluginManager", "RecordError", "RlsdDeprecationWarning", "RunInfo",
+    "Scheduler", "SchedulerRecord", "TaskError", "TaskSourceRecord", "UnknownNameError",
+    "Verdict", "VerifierRecord", "clean_completion", "clean_tail", "get_plugin_manager",
+    "hookimpl", "hookspec", "keep_tail", "leakage", "leakage_count", "normalize_text",
+    "__version__",
 ]

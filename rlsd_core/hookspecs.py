@@ -5,6 +5,12 @@ Provider hooks (`rlsd_verifiers`, `rlsd_injectors`, `rlsd_schedulers`, `rlsd_tas
 hooks (`rlsd_before_run`, `rlsd_after_rollout`, `rlsd_after_step`, `rlsd_after_run`,
 `rlsd_on_error`) let observers such as loggers and metrics sinks follow a run; they return
 nothing. Every hook is documented in docs/plugin-hooks.md with its exact signature.
+
+`API_VERSION` versions this contract (these hooks and the records of `rlsd_core.records`), apart
+from rlsd's own release number: a minor bump adds (a hook, an optional record field), a major
+bump removes or changes. A plugin states the range it was written for with a module-level
+`RLSD_API = ">=1.0,<2"`; the plugin manager refuses a plugin whose range excludes this version.
+The policy is docs/plugin-api.md.
 """
 
 from __future__ import annotations
@@ -12,6 +18,14 @@ from __future__ import annotations
 import pluggy
 
 PROJECT = "rlsd"
+API_VERSION = "1.0"
+
+
+class RlsdDeprecationWarning(DeprecationWarning):
+    """Warns a plugin author about a hook or record field that a later major API version removes
+    (docs/plugin-api.md: deprecated for at least one minor version before it goes)."""
+
+
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 

@@ -1,10 +1,11 @@
 """Plugin discovery and the name -> record registries.
 
 Start-up data flow: hook specs are added, every entry point of the `rlsd` group is loaded (the
-built-ins are listed there too, exactly like a third-party plugin), `check_pending()` catches
-plugins that implement hooks that do not exist, and the provider hooks are called once to fill
-the registries. After that the trainer looks records up by name; no hook is dispatched in the
-hot loop.
+built-ins are listed there too, exactly like a third-party plugin), each plugin's declared API
+range (`RLSD_API`) is checked against `API_VERSION`, `check_pending()` catches plugins that
+implement hooks that do not exist, and the provider hooks are called once, plugin by plugin, to
+fill the registries. After that the trainer looks records up by name; no hook is dispatched in
+the hot loop. Every hook call, provider hooks included, goes through pluggy, so tracing sees it.
 
 Environment variables:
   RLSD_LOAD_PLUGINS     comma-separated allow-list of entry-point or distribution names
@@ -23,8 +24,11 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 import pluggy
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
+from packaging.version import InvalidVersion, Version
 
 from . import hookspecs
+from .hookspecs import API_VERSION
 from .records import RECORD_TYPES, RecordError
 
 ENTRY_POINT_GROUP = "rlsd"
@@ -41,8 +45,28 @@ class PluginError(RuntimeError):
     """A plugin could not be loaded or handed over something rlsd cannot use."""
 
 
+class ApiVersionError(PluginError):
+    """A plugin declares an API range (`RLSD_API`) that excludes this rlsd's `API_VERSION`."""
+
+
 class UnknownNameError(LookupError):
     """A config names a record that no installed plugin provides."""
+
+
+def api_range(declared: Any) -> SpecifierSet:
+    """The API versions a plugin's `RLSD_API` admits: a PEP 440 specifier set (">=1.0,<2"), or a
+    bare version "1.2", which means ">=1.2,<2" (that version or a later one of the same major)."""
+    if not isinstance(declared, str) or not declared.strip():
+        raise ValueError(f"RLSD_API must be a string such as '>=1.0,<2', got {declared!r}")
+    text = declared.strip()
+    try:
+        if text[0].isdigit():
+            bare = Version(text)
+            return SpecifierSet(f">={bare},<{bare.major + 1}")
+        return SpecifierSet(text)
+    except (InvalidSpecifier, InvalidVersion) as exc:
+        raise ValueError(f"RLSD_API {declared!r} is not a version range such as '>=1.0,<2': "
+                         f"{exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -53,6 +77,7 @@ class Origin:
     distribution: str
     version: str
     entry_point: str = ""
+    api: str = ""  # the plugin's declared RLSD_API range ("" when it declares none)
 
     def __str__(self) -> str:
         where = f"distribution '{self.distribution} {self.version}'"
@@ -99,6 +124,7 @@ class Registry:
                     "kind": kind, "name": name, "distribution": reg.origin.distribution,
                     "distribution_version": reg.origin.version, "record_version": reg.record.version,
                     "plugin": reg.origin.plugin, "description": reg.record.description,
+                    "api": reg.origin.api,
                 })
         return out
 
@@ -139,22 +165,49 @@ class PluginManager:
 
     # -- registration ----------------------------------------------------------------------
     def register(self, plugin: object, name: str | None = None, *, origin: Origin | None = None) -> str:
-        """Register a plugin object (a module or class instance with @hookimpl functions)."""
+        """Register a plugin object (a module or class instance with @hookimpl functions).
+        Raises ApiVersionError when its `RLSD_API` range excludes this rlsd's API_VERSION."""
+        origin = origin or Origin(name or "<unnamed>", "<inline>", "-")
+        declared = getattr(plugin, "RLSD_API", None)
+        if declared is not None:
+            origin = _with_api(origin, declared)
         registered = self.pm.register(plugin, name=name)
         if registered is None:  # pluggy returns None for blocked names
             raise PluginError(f"plugin {name!r} is blocked")
-        self._origins[registered] = origin or Origin(registered, "<inline>", "-")
+        if origin.plugin == "<unnamed>":
+            origin = Origin(registered, origin.distribution, origin.version, origin.entry_point, origin.api)
+        self._origins[registered] = origin
         self._registry = None
         return registered
+
+    def origin(self, plugin_name: str) -> Origin:
+        """Where the plugin registered under `plugin_name` came from."""
+        return self._origins.get(plugin_name, Origin(plugin_name, "<inline>", "-"))
+
+    def implementers(self, hook_name: str) -> list[str]:
+        """Names of the plugins implementing `hook_name`, in the order pluggy calls them."""
+        return [impl.plugin_name for impl in reversed(getattr(self.pm.hook, hook_name).get_hookimpls())]
+
+    def call_one(self, hook_name: str, plugin_name: str, **kwargs):
+        """Call one plugin's implementation of a hook, through pluggy (so tracing and hook-call
+        monitors see it), and return its result (None when it returned None)."""
+        plugin = self.pm.get_plugin(plugin_name)
+        if plugin is None:
+            raise KeyError(f"no plugin named {plugin_name!r} is registered")
+        others = [p for p in self.pm.get_plugins() if p is not plugin]
+        results = self.pm.subset_hook_caller(hook_name, remove_plugins=others)(**kwargs)
+        return results[0] if results else None
 
     def unregister(self, name: str) -> None:
         self.pm.unregister(name=name)
         self._origins.pop(name, None)
         self._registry = None
 
-    def load_entrypoints(self, group: str = ENTRY_POINT_GROUP) -> list[str]:
-        """Load every entry point of `group`, honouring RLSD_LOAD_PLUGINS / RLSD_DISABLE_PLUGINS."""
-        allow = _env_list("RLSD_LOAD_PLUGINS")
+    def load_entrypoints(self, group: str = ENTRY_POINT_GROUP, *,
+                         names: Iterable[str] | None = None) -> list[str]:
+        """Load every entry point of `group`, honouring RLSD_LOAD_PLUGINS / RLSD_DISABLE_PLUGINS;
+        `names` (entry-point or distribution names) loads only those."""
+        allow = list(names) if names is not None else _env_list("RLSD_LOAD_PLUGINS")
         deny = set(_env_list("RLSD_DISABLE_PLUGINS") or [])
         loaded = []
         for ep in sorted(md.entry_points(group=group), key=lambda e: (e.dist.name if e.dist else "", e.name)):
@@ -224,9 +277,11 @@ class PluginManager:
             hook = getattr(self.pm.hook, hook_name)
             record_type = RECORD_TYPES[kind]
             for impl in hook.get_hookimpls():
-                origin = self._origins.get(impl.plugin_name, Origin(impl.plugin_name, "<inline>", "-"))
+                origin = self.origin(impl.plugin_name)
                 try:
-                    produced = impl.function()
+                    # One plugin at a time, so that an error names its plugin; through pluggy,
+                    # so that RLSD_TRACE_PLUGINS and monitors see provider hooks too.
+                    produced = self.call_one(hook_name, impl.plugin_name)
                 except Exception as exc:
                     raise PluginError(f"{hook_name}() of the plugin from {origin} raised "
                                       f"{type(exc).__name__}: {exc}") from exc
@@ -253,6 +308,24 @@ class PluginManager:
     @property
     def hook(self):
         return self.pm.hook
+
+
+def _with_api(origin: Origin, declared: Any) -> Origin:
+    """`origin` with the plugin's declared range, after checking that it admits API_VERSION."""
+    try:
+        admitted = api_range(declared)
+    except ValueError as exc:
+        raise ApiVersionError(f"the rlsd plugin from {origin} declares an unreadable API range: "
+                              f"{exc}") from exc
+    if Version(API_VERSION) not in admitted:
+        raise ApiVersionError(
+            f"the rlsd plugin from {origin} supports rlsd plugin API {admitted}, but this rlsd "
+            f"provides API {API_VERSION}. Fix: install a version of "
+            f"'{origin.distribution}' written for API {API_VERSION} (or an rlsd whose API it "
+            f"admits), or skip it with RLSD_DISABLE_PLUGINS={origin.plugin}. "
+            f"See docs/plugin-api.md.")
+    return Origin(origin.plugin, origin.distribution, origin.version, origin.entry_point,
+                  str(admitted))
 
 
 def _as_list(produced, hook_name: str, origin: Origin) -> Iterable:

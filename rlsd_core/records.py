@@ -25,16 +25,23 @@ Contracts of the callables:
   is computed and what the update minimises. Tensors are torch tensors; this module does not
   import torch so that verifier workers stay light.
 
-`RunInfo` is what the event hooks receive about a run.
+`RunInfo` is what the event hooks receive about a run. `Example` is a known case a plugin ships
+on its record (`examples=`), so that the conformance battery (`rlsd plugins check`,
+`rlsd_core.testing`) can test an installed plugin on rows it understands.
+
+These records and the hooks of `rlsd_core.hookspecs` are one contract, versioned by
+`API_VERSION` (docs/plugin-api.md); fields are only ever added with a default.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, NamedTuple, Protocol, Sequence
 
+from .hookspecs import API_VERSION  # noqa: F401 - re-exported: the records share its version
 from .verdict import Verdict
 
 _NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.+\-]*$")
@@ -68,6 +75,41 @@ def _check_common(rec: Any, callables: tuple[str, ...] = ("fn",)) -> None:
 
 
 @dataclass(frozen=True)
+class Example:
+    """A known case shipped with a verifier or injector record (API 1.0).
+
+    row: a dataset row holding (at least) the columns the record declares.
+    completion: for a verifier, the completion to score.
+    reward: for a verifier, the reward it must give; None when only the contract is checked.
+    """
+
+    row: Mapping[str, Any]
+    completion: str = ""
+    reward: float | None = None
+
+
+def _check_examples(rec: Any) -> None:
+    kind = type(rec).__name__
+    if isinstance(rec.examples, (str, bytes, Mapping)) or not isinstance(rec.examples, Sequence):
+        raise RecordError(f"{kind} {rec.name!r}: examples must be a tuple of rlsd_core.Example")
+    for i, ex in enumerate(rec.examples):
+        where = f"{kind} {rec.name!r}: examples[{i}]"
+        if not isinstance(ex, Example):
+            raise RecordError(f"{where} must be an rlsd_core.Example, got {type(ex).__name__}")
+        if not isinstance(ex.row, Mapping):
+            raise RecordError(f"{where}.row must be a mapping, got {type(ex.row).__name__}")
+        missing = [c for c in rec.columns if c not in ex.row]
+        if missing:
+            raise RecordError(f"{where}.row lacks the declared column(s) {missing}")
+        if not isinstance(ex.completion, str):
+            raise RecordError(f"{where}.completion must be a str")
+        r = ex.reward
+        if r is not None and (isinstance(r, bool) or not isinstance(r, (int, float))
+                              or not math.isfinite(r) or not 0.0 <= r <= 1.0):
+            raise RecordError(f"{where}.reward must be None or a number in [0, 1], got {r!r}")
+
+
+@dataclass(frozen=True)
 class VerifierRecord:
     """A reward verifier.
 
@@ -81,6 +123,9 @@ class VerifierRecord:
     startup_check: optional fn(**options) -> None, called once when a runtime for this verifier
       starts; it raises (with install instructions) when the verifier cannot work on this
       machine, e.g. the code verifier without bubblewrap.
+    examples: `Example`s (row, completion, expected reward) that `rlsd plugins check` scores.
+    optional_columns: columns it reads when a row has them (e.g. one of two row styles); the
+      conformance battery checks that it reads nothing beyond these and `columns`.
     """
 
     name: str
@@ -94,11 +139,18 @@ class VerifierRecord:
     cacheable: bool = True
     cache_key: Callable[..., str | None] | None = None
     startup_check: Callable[..., None] | None = None
+    examples: tuple[Example, ...] = ()
+    optional_columns: tuple[str, ...] = ()
 
     kind = "verifier"
 
     def validate(self) -> None:
         _check_common(self)
+        _check_examples(self)
+        oc = self.optional_columns
+        if isinstance(oc, str) or not all(isinstance(c, str) for c in oc):
+            raise RecordError(f"verifier {self.name!r}: optional_columns must be a sequence of "
+                              f"column names")
         if not isinstance(self.time_budget_s, (int, float)) or not self.time_budget_s > 0:
             raise RecordError(f"verifier {self.name!r}: time_budget_s must be > 0, got {self.time_budget_s!r}")
 
@@ -109,7 +161,9 @@ class InjectorContext:
 
     index: which response of the group the teacher prompt is for.
     responses / verdicts: the group's decoded responses and their verdicts (same order).
-    options: the injector's options from the config (templates, budgets).
+    options: the injector's options from the config (templates, budgets). `max_hint_tokens` is
+      the budget every injector honours: the privileged text it adds is at most that many
+      tokens (the conformance battery checks it).
     count_tokens: counts tokens with the policy's tokenizer (for hint budgets); None if unknown.
     truncate_tokens: cuts a text to at most N tokens with the same tokenizer; None if unknown.
     """
@@ -134,11 +188,14 @@ class InjectorRecord:
     # True when the teacher prompt depends on the other responses of the group (per-response
     # teacher prompts); False lets the loop build one teacher prompt per row.
     needs_group: bool = False
+    # Rows (`Example.row`) that `rlsd plugins check` builds teacher prompts from.
+    examples: tuple[Example, ...] = ()
 
     kind = "injector"
 
     def validate(self) -> None:
         _check_common(self)
+        _check_examples(self)
 
 
 class Magnitude(NamedTuple):
@@ -206,6 +263,8 @@ class CreditInputs:
     teacher_logprobs: [B, T] log P_T of the same tokens under the teacher prompt, or None when
       the teacher forward did not run (see ObjectiveRecord.teacher).
     options: the run's `algo` config section (a dict).
+    token_mask: [B, T] bool or None: the tokens the teacher may reweight (`algo.thought_only`:
+      those inside the reasoning span); None means every response token (API 1.0).
     """
 
     advantages: Any
@@ -215,6 +274,7 @@ class CreditInputs:
     eps_w: Any
     teacher_logprobs: Any = None
     options: Mapping[str, Any] = field(default_factory=dict)
+    token_mask: Any = None
 
 
 @dataclass(frozen=True)
