@@ -904,3 +904,18 @@ def test_rlsd_verify_cli_scores_both_row_styles(tmp_path):
     got = [json.loads(line) for line in out.read_text().splitlines()]
     assert [(g["reward"], g["category"]) for g in got] == [
         (1.0, "ok"), (0.0, "wrong_answer"), (1.0, "ok"), (0.0, "wrong_answer")]
+
+
+@needs_bwrap
+def test_direct_calls_from_short_lived_threads_score_normally():
+    """M13 for the code verifier called directly (a reward function in a thread pool, the
+    conformance battery): a sandbox pre-started by a thread that has since exited was killed
+    by --die-with-parent, and the next sample got sandbox_error."""
+    wrong = "```python\ndef add(a, b):\n    return a - b\n```"
+    right = "```python\ndef add(a, b):\n    return a + b\n```"
+    got = []
+    for completion in (right, wrong, right, wrong):
+        t = threading.Thread(target=lambda c=completion: got.append(codever.score([c], [ADD_ROW])[0]))
+        t.start()
+        t.join(60)
+    assert [v.category for v in got] == [Category.OK, Category.WRONG_ANSWER] * 2

@@ -692,6 +692,11 @@ def run_sandboxed(style: str, job: dict[str, Any], limits: Limits, *, mode: str 
 
     prestart: boot the next sample's sandbox now, in the background (bwrap mode only)."""
     global _SPARE
+    # `--die-with-parent` is PR_SET_PDEATHSIG, which fires when the *thread* that started bwrap
+    # exits: a spare started from a short-lived thread dies with it and the next sample got
+    # sandbox_error (exit -9). Only the main thread, which lives as long as the process, keeps
+    # a spare.
+    prestart = prestart and threading.current_thread() is threading.main_thread()
     if mode == "bwrap":
         check_sandbox(python, bwrap)
     elif mode == "degraded":
