@@ -23,7 +23,8 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping, Sequence
 
-from rlsd_core import Category, Verdict, VerifierRecord, clean_completion, hookimpl, normalize_text
+from rlsd_core import (Category, Example, Verdict, VerifierRecord, clean_completion, hookimpl,
+                       normalize_text)
 
 from .extract import extract_answer
 
@@ -155,6 +156,12 @@ RECORD = VerifierRecord(
     time_budget_s=2.0,
     in_process=True,
     cacheable=False,  # cheaper to recompute than to key
+    examples=(
+        Example(row={"answer": "Paris"}, completion="The capital is \\boxed{paris}.", reward=1.0),
+        Example(row={"answer": ["1,000", "one thousand"]}, completion="1000", reward=1.0),
+        Example(row={"answer": "42"}, completion="The final answer is 41.", reward=0.0),
+        Example(row={"answer": "42"}, completion="", reward=0.0),
+    ),
 )
 
 

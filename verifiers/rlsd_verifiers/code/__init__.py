@@ -44,7 +44,7 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping, Sequence
 
-from rlsd_core import Category, Verdict, VerifierRecord, hookimpl
+from rlsd_core import Category, Example, Verdict, VerifierRecord, hookimpl
 
 from .sandbox import Limits, SandboxUnavailable, check_sandbox, run_sandboxed
 
@@ -261,6 +261,9 @@ def startup_check(**options: Any) -> None:
         check_sandbox(options.get("python", "/usr/bin/python3"), options.get("bwrap"))
 
 
+_ADD = {"prompt": 'def add(a, b):\n    """Return a + b."""\n', "entry_point": "add",
+        "test": "def check(candidate):\n    assert candidate(2, 3) == 5\n    assert candidate(-1, 1) == 0\n"}
+
 RECORD = VerifierRecord(
     name=NAME,
     fn=score,
@@ -274,6 +277,13 @@ RECORD = VerifierRecord(
     in_process=False,
     cacheable=False,
     startup_check=startup_check,
+    optional_columns=("prompt", "test", "entry_point", "tests"),
+    examples=(
+        Example(row=_ADD, completion="```python\ndef add(a, b):\n    return a + b\n```", reward=1.0),
+        Example(row=_ADD, completion="```python\ndef add(a, b):\n    return a - b\n```", reward=0.0),
+        Example(row={"tests": [{"input": "2 3\n", "output": "5\n"}]},
+                completion="a, b = map(int, input().split())\nprint(a + b)", reward=1.0),
+    ),
 )
 
 

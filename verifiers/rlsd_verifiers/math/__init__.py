@@ -29,7 +29,8 @@ from fractions import Fraction
 from functools import lru_cache
 from typing import Any, Mapping, Sequence
 
-from rlsd_core import DEFAULT_MAX_CHARS, Category, Verdict, VerifierRecord, clean_tail, hookimpl
+from rlsd_core import (DEFAULT_MAX_CHARS, Category, Example, Verdict, VerifierRecord, clean_tail,
+                       hookimpl)
 
 from .answers import (answer_key, choice_letter, clean_answer, extract, hedge_words, is_bare,
                       leading_choice)
@@ -209,6 +210,12 @@ RECORD = VerifierRecord(
     in_process=False,
     cacheable=True,
     cache_key=cache_key,
+    examples=(
+        Example(row={"answer": "\\frac{1}{2}"}, completion="So x = \\boxed{0.5}", reward=1.0),
+        Example(row={"answer": "52"}, completion="47+5=\\boxed{52}", reward=1.0),
+        Example(row={"answer": "52"}, completion="47+5=\\boxed{53}", reward=0.0),
+        Example(row={"answer": "x^2 - 1"}, completion="\\boxed{(x-1)(x+1)}", reward=1.0),
+    ),
 )
 
 

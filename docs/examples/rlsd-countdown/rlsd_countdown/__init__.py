@@ -12,7 +12,10 @@ import re
 from collections import Counter
 from fractions import Fraction
 
-from rlsd_core import Category, Verdict, VerifierRecord, hookimpl
+from rlsd_core import Category, Example, Verdict, VerifierRecord, hookimpl
+
+# The plugin API range this plugin is written for (docs/plugin-api.md).
+RLSD_API = ">=1.0,<2"
 
 _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 _OPS = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b,
@@ -60,9 +63,18 @@ def score(completions, rows, **options):
     return [score_one(c, list(r["numbers"]), int(r["target"])) for c, r in zip(completions, rows)]
 
 
+# Known cases shipped with the record: `rlsd plugins check countdown` scores them.
+EXAMPLES = (
+    Example(row={"numbers": [25, 5, 3, 7], "target": 60}, completion="<answer>(25 - 5) * 3</answer>",
+            reward=1.0),
+    Example(row={"numbers": [25, 5], "target": 31}, completion="<answer>25 + 5</answer>", reward=0.0),
+    Example(row={"numbers": [5, 2], "target": 25}, completion="<answer>5 * 5</answer>", reward=0.0),
+)
+
+
 @hookimpl
 def rlsd_verifiers():
     return [VerifierRecord(
         name="countdown", fn=score, columns=("numbers", "target"), version="0.1.0",
         description="Countdown numbers game: expression over the given numbers hits the target.",
-        in_process=True, time_budget_s=1.0)]
+        in_process=True, time_budget_s=1.0, examples=EXAMPLES)]

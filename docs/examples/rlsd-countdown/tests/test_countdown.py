@@ -3,7 +3,14 @@ import subprocess
 import sys
 
 from rlsd_core import Category, get_plugin_manager
+from rlsd_core.testing import verifier_conformance
 from rlsd_countdown import score_one
+
+# rlsd's conformance battery, one test per property (columns, hostile completions, time budget...)
+test_conformance = verifier_conformance(
+    "countdown", good=[("<answer>2 * 3 + 4</answer>", {"numbers": [2, 3, 4], "target": 10})],
+    bad=[("I give up", {"numbers": [2, 3], "target": 10}),
+         ("<answer>__import__('os').getcwd()</answer>", {"numbers": [1], "target": 1})])
 
 
 def test_right_expression_scores_one():
