@@ -66,13 +66,13 @@ def test_shipped_suites_load_with_their_own_plugins(pm):
     assert "```python" in student_messages(r)[-1]["content"] and r["prompt"] in student_messages(r)[-1]["content"]
 
 
-def test_reasoning_gym_rows_are_deterministic_and_scored_by_rlsd_math(pm):
+def test_reasoning_gym_rows_are_deterministic_and_scored_by_their_own_scorer(pm):
     entry = {"name": "eq", "source": "reasoning_gym", "eval_size": 5,
              "options": {"dataset": "simple_equations", "size": 30, "seed": 4}}
     a, b = _task(entry, pm.registry), _task(entry, pm.registry)
-    assert a.train == b.train and a.verifier == "math"
+    assert a.train == b.train and a.verifier == "reasoning_gym"
     from rlsd_core.rewards import VerifierRuntime
-    rt = VerifierRuntime(pm.registry.verifier("math"))
+    rt = VerifierRuntime(pm.registry.verifier("reasoning_gym"))
     rows = a.eval
     verdicts = rt.score([f"The answer is {r['answer']}" for r in rows] + ["no idea"], rows + rows[:1])
     assert [v.reward for v in verdicts] == [1.0] * len(rows) + [0.0]

