@@ -4,6 +4,8 @@ Subcommands are small modules of this package that each expose `register(subpars
 only wires them together, so a command never grows into the others.
   rlsd --version
   rlsd plugins [--json]            every registered record (cli/plugins.py)
+  rlsd plugins check [NAME...]     the conformance batteries on installed plugins
+  rlsd new-plugin KIND NAME        a plugin package to start from (cli/new_plugin.py)
   rlsd verify --verifier NAME FILE score JSONL rows with a verifier (cli/verify.py)
   rlsd train ...                   the training loop (cli/train.py)
   rlsd eval CHECKPOINT --suite S   held-out accuracy and pass@k (cli/eval.py)
@@ -20,8 +22,8 @@ from .. import __version__
 from ..plugins import PluginError
 
 # Each module exposes register(subparsers); listed in the order `rlsd --help` shows them.
-COMMAND_MODULES = ("rlsd_core.cli.plugins", "rlsd_core.cli.verify", "rlsd_core.cli.train",
-                   "rlsd_core.cli.eval")
+COMMAND_MODULES = ("rlsd_core.cli.plugins", "rlsd_core.cli.new_plugin", "rlsd_core.cli.verify",
+                   "rlsd_core.cli.train", "rlsd_core.cli.eval")
 
 
 def build_parser() -> argparse.ArgumentParser:
