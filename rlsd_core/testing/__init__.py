@@ -16,7 +16,7 @@ come from `rlsd_core.testing.pytest_plugin`, which rlsd registers as a pytest pl
 
 Where it sits: beside the loop, on the contract and the verifier runtime (`rlsd_core.rewards`);
 nothing in training imports it. Importing this package is light (no torch, no pytest): the
-batteries import what they need when they run.
+objective battery imports torch, and the pytest helpers pytest, when they run.
 """
 
 from __future__ import annotations
@@ -25,37 +25,15 @@ from typing import Any, Callable, Mapping, Sequence
 
 from ..plugins import PluginManager, get_plugin_manager
 from .hostile import hostile_completions
+from .injectors import INJECTOR_PROPERTIES, check_injector
 from .installed import CHECKED_KINDS, NoSuchPluginError, battery_for, check_installed
+from .objectives import OBJECTIVE_PROPERTIES, check_objective
 from .results import CheckResult
+from .schedulers import SCHEDULER_PROPERTIES, check_scheduler
+from .verifiers import VERIFIER_PROPERTIES, check_verifier
 
-PROPERTIES = {
-    "verifier": ("record", "examples", "columns", "one_per_completion", "rewards", "categories",
-                 "picklable", "deterministic", "hostile", "time_budget"),
-    "injector": ("record", "messages", "student_untouched", "columns", "token_budget", "group",
-                 "deterministic"),
-    "scheduler": ("record", "constructs", "magnitude", "deterministic", "state_dict"),
-    "objective": ("record", "credit", "teacher", "loss"),
-}
-
-
-def check_verifier(record, **kwargs) -> list[CheckResult]:
-    """The verifier battery (rlsd_core.testing.verifiers.check_verifier)."""
-    return battery_for("verifier")(record, **kwargs)
-
-
-def check_injector(record, **kwargs) -> list[CheckResult]:
-    """The injector battery (rlsd_core.testing.injectors.check_injector)."""
-    return battery_for("injector")(record, **kwargs)
-
-
-def check_scheduler(record, **kwargs) -> list[CheckResult]:
-    """The scheduler battery (rlsd_core.testing.schedulers.check_scheduler)."""
-    return battery_for("scheduler")(record, **kwargs)
-
-
-def check_objective(record, **kwargs) -> list[CheckResult]:
-    """The objective battery (rlsd_core.testing.objectives.check_objective)."""
-    return battery_for("objective")(record, **kwargs)
+PROPERTIES = {"verifier": VERIFIER_PROPERTIES, "injector": INJECTOR_PROPERTIES,
+              "scheduler": SCHEDULER_PROPERTIES, "objective": OBJECTIVE_PROPERTIES}
 
 
 def manager_with(*plugins: Any) -> PluginManager:

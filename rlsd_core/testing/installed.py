@@ -10,7 +10,11 @@ from __future__ import annotations
 from typing import Callable, Iterable
 
 from ..plugins import PluginManager, Registered
+from .injectors import check_injector
+from .objectives import check_objective
 from .results import CheckResult
+from .schedulers import check_scheduler
+from .verifiers import check_verifier
 
 CHECKED_KINDS = ("verifier", "injector", "scheduler", "objective")
 
@@ -20,19 +24,12 @@ class NoSuchPluginError(LookupError):
 
 
 def battery_for(kind: str) -> Callable[..., list[CheckResult]]:
-    if kind == "verifier":
-        from .verifiers import check_verifier
-        return check_verifier
-    if kind == "injector":
-        from .injectors import check_injector
-        return check_injector
-    if kind == "scheduler":
-        from .schedulers import check_scheduler
-        return check_scheduler
-    if kind == "objective":
-        from .objectives import check_objective
-        return check_objective
-    raise ValueError(f"no battery for records of kind {kind!r}")
+    """The battery function for records of `kind`."""
+    batteries = {"verifier": check_verifier, "injector": check_injector,
+                 "scheduler": check_scheduler, "objective": check_objective}
+    if kind not in batteries:
+        raise ValueError(f"no battery for records of kind {kind!r}")
+    return batteries[kind]
 
 
 def select(pm: PluginManager, names: Iterable[str] = ()) -> list[tuple[str, Registered]]:
