@@ -194,6 +194,19 @@ class LogConfig(_Section):
         "auto", description="TensorBoard event files (auto: when the package is installed).")
     samples_every: int = Field(10, ge=0, description="Write a few decoded samples every N steps "
                                                      "to samples.jsonl (0: never).")
+    on_observer_error: Literal["disable", "stop"] = Field(
+        "disable", description="An observer (event-hook plugin) that raises is logged with its name "
+                               "and disabled for the rest of the run (disable), or stops the run "
+                               "(stop).")
+
+
+class FaultsConfig(_Section):
+    max_infra_fraction: float = Field(
+        0.5, ge=0, le=1, description="Stop the run when more than this share of a task's samples "
+                                     "are infrastructure faults (verifier_error, sandbox_error, "
+                                     "gold_error) for `steps` steps in a row (1.0: never stop).")
+    steps: int = Field(3, ge=1, description="Consecutive steps over max_infra_fraction before the "
+                                            "run stops.")
 
 
 class TrainConfig(_Section):
@@ -220,6 +233,8 @@ class TrainConfig(_Section):
     optim: OptimConfig = Field(default_factory=OptimConfig, description="Optimizer.")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Held-out evaluation.")
     log: LogConfig = Field(default_factory=LogConfig, description="Observers.")
+    faults: FaultsConfig = Field(default_factory=FaultsConfig,
+                                 description="When infrastructure faults stop a run.")
 
     @model_validator(mode="after")
     def _consistent(self):

@@ -80,6 +80,8 @@ class Origin:
     api: str = ""  # the plugin's declared RLSD_API range ("" when it declares none)
 
     def __str__(self) -> str:
+        if self.distribution == "<inline>":  # registered in code, not installed
+            return f"inline plugin '{self.plugin}'"
         where = f"distribution '{self.distribution} {self.version}'"
         if self.entry_point:
             where += f", entry point '{self.entry_point}'"

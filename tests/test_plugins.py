@@ -204,3 +204,27 @@ def test_trace_env_var_enables_tracing(monkeypatch, capsys):
     monkeypatch.setenv("RLSD_LOAD_PLUGINS", "")  # no observers: only the tracing is under test
     get_plugin_manager().hook.rlsd_before_run(run=None)
     assert "[rlsd trace] call rlsd_before_run" in capsys.readouterr().err
+
+
+def test_tracing_covers_provider_hooks_too(monkeypatch, capsys):
+    """Provider hooks are called plugin by plugin through pluggy, so the trace shows each call
+    and what it returned, like the event hooks'."""
+    monkeypatch.setenv("RLSD_TRACE_PLUGINS", "1")
+    monkeypatch.setenv("RLSD_LOAD_PLUGINS", "exact_match,injectors")
+    get_plugin_manager().registry
+    err = capsys.readouterr().err
+    assert "[rlsd trace] call rlsd_verifiers() -> ['exact_match']" in err
+    assert "[rlsd trace] call rlsd_injectors() -> ['injectors']" in err
+    assert "[rlsd trace] done rlsd_verifiers: [[VerifierRecord(name='exact_match'" in err
+
+
+def test_a_provider_hook_that_raises_is_named(empty_pm):
+    class Broken:
+        @hookimpl
+        def rlsd_schedulers(self):
+            raise RuntimeError("no schedulers today")
+
+    empty_pm.register(Broken(), "broken-schedulers")
+    with pytest.raises(PluginError, match=r"rlsd_schedulers\(\) of the plugin from .*broken-schedulers.* "
+                                          r"raised RuntimeError: no schedulers today"):
+        empty_pm.registry

@@ -1,11 +1,12 @@
 """A run: the parts it is made of and the state a checkpoint restores, built by `setup`.
 
     setup: config -> plugins checked -> tasks -> scorers -> schedule -> model (warm-up)
-           -> engine, teacher, optimizer -> run directory
+           -> engine, teacher, optimizer -> run directory, event hooks (guarded per observer)
 
 `Parts` are built once from the config and never checkpointed as such (the model's weights and
 the optimizer's moments are, through `rlsd_core.loop.checkpoint`'s declared list of stateful
-parts). `Progress` and the `Schedule` are the loop's own state.
+parts). `Progress`, the `Schedule` and the infrastructure-fault guard (`InfraGuard`) are the
+loop's own state.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from ..models import load_model, load_tokenizer, resolve_model
 from ..plugins import PluginManager, get_plugin_manager
 from ..records import ObjectiveRecord, RunInfo
 from ..rewards import Scorer, build_scorer
+from .events import Events
+from .faults import InfraGuard
 from .schedule import Schedule
 from .teacher import Teacher
 from .warmup import warmed_up_dir
@@ -55,6 +58,7 @@ class Parts:
     scorers: dict[str, Scorer]      # task name -> its scorer
     prompts: TeacherPrompts
     objective: ObjectiveRecord
+    events: Events                  # the event hooks, guarded per observer plugin
 
     def close(self) -> None:
         self.engine.close()
@@ -84,6 +88,7 @@ class Run:
     parts: Parts
     schedule: Schedule
     progress: Progress = field(default_factory=Progress)
+    faults: InfraGuard = field(default_factory=InfraGuard)
 
 
 def resolve_run_dir(template: str) -> Path:
@@ -167,5 +172,7 @@ def setup(cfg: TrainConfig, pm: PluginManager | None = None, *, reporter: Report
     parts = Parts(cfg=cfg, pm=pm, run_dir=run_dir, info=info, device=device,
                   autocast=use_bf16(cfg, device), model=model, tokenizer=tokenizer, engine=engine,
                   teacher=teacher, optimizer=optimizer, tasks=tasks, scorers=scorers,
-                  prompts=TeacherPrompts(tasks, injectors, tokenizer), objective=objective)
-    return Run(parts=parts, schedule=schedule)
+                  prompts=TeacherPrompts(tasks, injectors, tokenizer), objective=objective,
+                  events=Events(pm, info, cfg.log.on_observer_error))
+    return Run(parts=parts, schedule=schedule,
+               faults=InfraGuard(cfg.faults.max_infra_fraction, cfg.faults.steps))

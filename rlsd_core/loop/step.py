@@ -5,7 +5,9 @@ Where it departs from a textbook GRPO step:
    or the paper's schedule after its decay) the teacher forward is skipped entirely.
 2. Samples whose verdict is an infrastructure fault (verifier crash, sandbox failure, bad gold)
    are not scored as 0: they are masked out of the loss and out of their group's statistics
-   (algo.masked_group_advantages), counted per category and logged.
+   (algo.masked_group_advantages), counted per category and logged; when they exceed
+   `faults.max_infra_fraction` of a task's samples for `faults.steps` steps in a row the run
+   stops (rlsd_core.loop.faults).
 3. The old log-probs (pi_old, and log P_S in RLSD's delta) are recomputed by the training model,
    not taken from the rollout engine, as in the release: engines may differ in numerics.
 """
@@ -48,10 +50,11 @@ def train_step(run: Run, step: int) -> dict:
         out = stages.rollout(parts, batch)
     with timer("verify"):
         verified = stages.verify(parts, batch, out)
-    parts.pm.hook.rlsd_after_rollout(run=parts.info, step=step, samples=[
+    parts.events.after_rollout(step, [
         {"task": batch.tasks[batch.of_response(i)].name, "prompt": batch.rows[batch.of_response(i)]["prompt"],
          "response": text, "reward": v.reward, "category": v.category.value, "message": v.message}
         for i, (text, v) in enumerate(zip(out.texts, verified.verdicts))])
+    run.faults.observe(parts, batch, verified)  # stops a run whose verifier keeps failing
     teacher_ids = stages.teacher_prompts(parts, batch, out, verified)
     adv = stages.advantages(parts, batch, verified)
     with timer("score"):

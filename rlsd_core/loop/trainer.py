@@ -5,7 +5,9 @@
     -> eval after -> final checkpoint -> summary.json
 
 Observers (console, metrics JSONL, plot, TensorBoard, third-party plugins) follow the run through
-the event hooks; the loop itself writes only the config, the checkpoints and the summary.
+the event hooks (rlsd_core.loop.events: one plugin at a time; one that raises is disabled, or
+stops the run, by `log.on_observer_error`); the loop itself writes only the config, the
+checkpoints and the summary.
 
 Reproducibility: the same config and seed give the same metrics on the same machine and thread
 count: torch is seeded, each rollout is sampled with seed (seed, step), the rows of each step
@@ -58,16 +60,16 @@ def summarize(run: Run, seconds: float) -> dict:
         }
     return {"run_dir": str(run.parts.run_dir), "steps": len(history), "seconds": round(seconds, 1),
             "loss": run.parts.cfg.algo.loss, "reward_window": tail, "tasks": tasks,
-            "infra_masked": sum(m.get("infra_masked") or 0 for m in history)}
+            "infra_masked": sum(m.get("infra_masked") or 0 for m in history),
+            "disabled_observers": dict(run.parts.events.disabled)}
 
 
 def run_steps(run: Run, start: int) -> None:
     """Steps start+1 .. cfg.steps, each followed by its evaluation, observers and checkpoint."""
-    cfg, hook, progress = run.parts.cfg, run.parts.pm.hook, run.progress
+    cfg, events, progress = run.parts.cfg, run.parts.events, run.progress
     if start == 0:
         progress.eval_history[0] = evaluate(run)
-        hook.rlsd_after_step(run=run.parts.info, step=0, metrics={
-            f"eval/{k}": v for k, v in progress.eval_history[0].items()} | {"step": 0})
+        events.after_step(0, {f"eval/{k}": v for k, v in progress.eval_history[0].items()} | {"step": 0})
     for step in range(start + 1, cfg.steps + 1):
         progress.step = step
         metrics = train_step(run, step)
@@ -76,7 +78,7 @@ def run_steps(run: Run, start: int) -> None:
             metrics.update({f"eval/{k}": v for k, v in progress.eval_history[step].items()})
         metrics = finite(metrics)
         progress.history.append(metrics)
-        hook.rlsd_after_step(run=run.parts.info, step=step, metrics=metrics)
+        events.after_step(step, metrics)
         if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step != cfg.steps:
             checkpoint.save(run, step, keep=cfg.checkpoint_keep)
 
@@ -88,20 +90,20 @@ def train(cfg: TrainConfig, pm: PluginManager | None = None, *, reporter: Report
     Returns the summary (also written to <run_dir>/summary.json)."""
     started = time.perf_counter()
     run = setup(cfg, pm, reporter=reporter, run_dir=run_dir)
-    hook, info = run.parts.pm.hook, run.parts.info
+    events = run.parts.events
     start = 0
     try:
         if resume is not None:
             start = checkpoint.restore(run, resume)  # trims the logs; sets info.start_step
-        hook.rlsd_before_run(run=info)
+        events.before_run()
         run_steps(run, start)
         checkpoint.save(run, cfg.steps, keep=cfg.checkpoint_keep)
         summary = summarize(run, time.perf_counter() - started)
         (run.parts.run_dir / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
-        hook.rlsd_after_run(run=info, summary=summary)
+        events.after_run(summary)
         return summary
     except BaseException as exc:
-        hook.rlsd_on_error(run=info, step=run.progress.step, error=exc)
+        events.on_error(run.progress.step, exc)
         raise
     finally:
         run.parts.close()

@@ -12,6 +12,7 @@ metrics (see docs/training.md for the keys).
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from rlsd_core import hookimpl
@@ -22,6 +23,7 @@ from .plot import PlotObserver
 from .tensorboard import TensorBoardObserver, tensorboard_available
 
 _active: dict[str, list[Any]] = {}
+log = logging.getLogger("rlsd")
 
 
 def _key(run) -> str:
@@ -45,10 +47,24 @@ def build_observers(log: dict) -> list[Any]:
 
 
 def _each(run, method: str, *args) -> None:
-    for obs in _active.get(_key(run), []):
+    """Forward an event to each observer. One that raises is dropped (and logged) so that the
+    others go on, as the loop does for whole plugins; with log.on_observer_error=stop the error
+    propagates and the loop stops the run, naming this plugin and the observer."""
+    stop = dict(run.config.get("log", {})).get("on_observer_error") == "stop"
+    observers = _active.get(_key(run), [])
+    for obs in list(observers):
         fn = getattr(obs, method, None)
-        if fn is not None:
+        if fn is None:
+            continue
+        try:
             fn(run, *args)
+        except Exception as exc:
+            if stop and method != "on_error":
+                raise RuntimeError(f"{type(obs).__name__}.{method}: {type(exc).__name__}: {exc}") from exc
+            observers.remove(obs)
+            log.error("rlsd: the built-in %s raised %s in %s: %s; it is disabled for the rest of "
+                      "the run", type(obs).__name__, type(exc).__name__, method, exc)
+            log.debug("the traceback of %s", type(obs).__name__, exc_info=exc)
 
 
 @hookimpl
