@@ -47,7 +47,7 @@ import torch
 
 from rlsd_core import TaskSourceRecord, get_plugin_manager, hookimpl, leakage
 from rlsd_core.config import TaskConfig, TrainConfig
-from rlsd_core.data import TeacherPrompts, load_task, privileged_text, render_prompt, student_messages
+from rlsd_core.data import TeacherPrompts, load_task, render_prompt, student_messages
 from rlsd_core.engines import SamplingParams, make_engine
 from rlsd_core.loop import (build_examples, evaluate_task, setup, train, train_step,
                             train_supervised)
@@ -330,8 +330,7 @@ def heldout_leakage(pm, cfg: TrainConfig, checkpoint: Path) -> dict:
     leaks, examples = 0, []
     for row, g in zip(task.eval, gens):
         text = tok.decode(g[0].token_ids, skip_special_tokens=True)
-        hit = leakage(text, privileged_text(tok, teacher.ids(task.name, row), row),
-                      row["prompt"])
+        hit = leakage(text, teacher.prompt(task.name, row)[1], row["prompt"])
         if hit:
             leaks += 1
             if len(examples) < 3:

@@ -146,8 +146,18 @@ class AlgoConfig(_Section):
     opsd_divergence: Literal["jsd", "reverse_kl", "forward_kl", "sampled"] = Field(
         "jsd", description="OPSD divergence over the vocabulary, or 'sampled' (per-token "
                            "advantage log P_T - log P_S on the sampled token).")
-    opsd_beta: float = Field(0.5, ge=0, le=1, description="Generalized JSD beta.")
+    # Open interval, as algo.token_divergence requires: beta 0 or 1 makes the mixture M equal
+    # one side and the divergence degenerate (use forward_kl / reverse_kl for those limits).
+    opsd_beta: float = Field(0.5, gt=0, lt=1, description="Generalized JSD beta, in (0, 1); "
+                                                           "forward_kl / reverse_kl are the limits.")
     opsd_weight: float = Field(1.0, ge=0, description="Weight of the OPSD term in grpo+opsd.")
+    thought_only: bool = Field(False, description="The teacher reweights only tokens inside the "
+                                                  "reasoning span (thought_start..thought_end); "
+                                                  "other tokens keep plain A (the release's option).")
+    thought_start: str = Field("<think>", min_length=1, description="Text that opens the reasoning "
+                                                                    "span (thought_only).")
+    thought_end: str = Field("</think>", min_length=1, description="Text that closes it (a response "
+                                                                  "cut before it: to the end).")
 
 
 class SchedulerConfig(_Section):

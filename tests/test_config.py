@@ -80,6 +80,11 @@ def test_unknown_key_in_yaml_names_the_path(tmp_path):
     ("algo.eps_low", 1.5, "algo.eps_low"),
     ("warmup.privileged_fraction", 2, "warmup.privileged_fraction"),
     ("tasks.0.eval_size", 0, "tasks[0].eval_size"),
+    # algo.token_divergence's open interval: beta 0 or 1 used to pass --check and fail at step 1
+    ("algo.opsd_beta", 0.0, "algo.opsd_beta"),
+    ("algo.opsd_beta", 1.0, "algo.opsd_beta"),
+    ("faults.max_infra_fraction", 1.5, "faults.max_infra_fraction"),
+    ("log.on_observer_error", "ignore", "log.on_observer_error"),
 ])
 def test_out_of_range_value_names_the_field(key, value, field):
     with pytest.raises(ConfigError) as err:
@@ -204,3 +209,19 @@ def test_auto_bool_fields_accept_yaml_booleans():
 
     cfg = TrainConfig.model_validate({"warmup": {"enabled": False}, "log": {"tensorboard": True}})
     assert (cfg.warmup.enabled, cfg.log.tensorboard) == ("false", "true")
+
+
+def test_opsd_beta_range_is_the_divergence_range():
+    """Every beta the config accepts is one algo.token_divergence accepts, and the reverse at the
+    edges: the config's bounds are the function's."""
+    import torch
+
+    from rlsd_core import algo
+
+    logits = torch.randn(1, 2, 5)
+    for beta in (1e-6, 0.5, 1 - 1e-6):
+        assert build_config(overrides=[("algo.opsd_beta", beta)]).algo.opsd_beta == beta
+        algo.token_divergence(logits, logits.flip(-1), beta=beta)
+    for beta in (0.0, 1.0):
+        with pytest.raises(ValueError):
+            algo.token_divergence(logits, logits.flip(-1), beta=beta)

@@ -50,3 +50,46 @@ def test_count_and_bad_input():
         leakage(None, SOLUTION, PROMPT)
     with pytest.raises(ValueError, match="n must be"):
         leakage("x", SOLUTION, PROMPT, n=0)
+
+
+# --- what counts as privileged: only what the teacher alone saw (rlsd_core.data) -------------
+
+SYSTEM = "You are a careful assistant who always shows every step of the work in full detail."
+
+
+def _prompts():
+    from rlsd_core.data import TeacherPrompts
+    from rlsd_core.models import load_tokenizer, resolve_model
+    from rlsd_plugins.injectors import RECORDS
+
+    class Task:
+        name, injector, injector_options = "t", "reference_answer", {}
+
+    injectors = {r.name: r for r in RECORDS}
+    return TeacherPrompts([Task()], injectors, load_tokenizer(resolve_model("tiny")))
+
+
+def test_privileged_text_is_the_hint_not_the_system_prompt_question_or_template():
+    row = {"prompt": "What is 6 * 7?", "answer": "42",
+           "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "What is 6 * 7?"}]}
+    ids, privileged = _prompts().prompt("t", row)
+    assert "42" in privileged and "reference solution" in privileged
+    for shared in ("careful assistant", "What is 6", "im_start", "system", "assistant"):
+        assert shared not in privileged, shared
+    # A response that repeats the system prompt word for word does not leak; one that copies
+    # the injector's hint sentence does.
+    assert not leakage(SYSTEM, privileged, row["prompt"])
+    copied = "After understanding the reference solution, please solve the problem above in your own way"
+    assert leakage(copied, privileged, row["prompt"])
+
+
+def test_privileged_text_of_a_group_injector_is_the_sibling_it_shows():
+    from rlsd_core import InjectorContext, Verdict
+    from rlsd_core.data import privileged_text
+    from rlsd_plugins.injectors import successful_sibling
+
+    student = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Sum 1..100?"}]
+    sibling = "pair the ends so each pair sums to 101 and there are fifty pairs so 5050"
+    ctx = InjectorContext(index=0, responses=["no idea", sibling], verdicts=[Verdict.fail("wrong_answer"), Verdict.ok()])
+    privileged = privileged_text(student, successful_sibling({}, student, ctx))
+    assert sibling in privileged and "careful" not in privileged

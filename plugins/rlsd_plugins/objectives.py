@@ -6,8 +6,9 @@ An objective is two functions over the step's tensors (see rlsd_core.records):
 objective up once by `algo.loss` and never branches on its name.
 
   rlsd       credit A_hat = A * ((1 - lam) + lam * clip(exp(sign(A) * delta))): the verifier sets
-             the sign, the teacher scales each token; the PPO clipped surrogate. The teacher
-             forward runs only while some row's lambda > 0.
+             the sign, the teacher scales each token (with `algo.thought_only`, only the tokens
+             of the reasoning span the loop passes as `token_mask`); the PPO clipped surrogate.
+             The teacher forward runs only while some row's lambda > 0.
   grpo       credit A on every token; the same surrogate; no teacher.
   opsd       on-policy self-distillation: the full-vocabulary divergence to the teacher
              (`algo.opsd_divergence` jsd | reverse_kl | forward_kl), or with `sampled` the
@@ -40,7 +41,8 @@ def rlsd_credit(b: CreditInputs):
     lam = b.lam if b.teacher_logprobs is not None else 0.0
     return algo.rlsd_token_advantages(b.advantages, b.teacher_logprobs, b.old_logprobs, b.mask,
                                       lam=lam, eps_w=b.eps_w,
-                                      negative_only=b.options["negative_only"])
+                                      negative_only=b.options["negative_only"],
+                                      token_mask=b.token_mask)  # algo.thought_only's span
 
 
 def opsd_credit(b: CreditInputs):

@@ -5,10 +5,12 @@ all see byte-identical prompts.
     row -> student_messages -> render_prompt -> student prompt ids        (rollout, eval)
     row (+ the group's responses and verdicts for group injectors) -> injector
         -> teacher messages -> render_prompt -> teacher prompt ids        (teacher forward)
+                            -> privileged_text (teacher minus student)     (leakage metric)
 """
 
 from __future__ import annotations
 
+import difflib
 from typing import Any, Mapping, Sequence
 
 from ..records import InjectorContext, InjectorRecord
@@ -62,10 +64,29 @@ class TeacherPrompts:
     def ids(self, task_name: str, row: Mapping[str, Any], **ctx_fields) -> list[int]:
         return render_prompt(self.tokenizer, self.messages(task_name, row, **ctx_fields))
 
+    def prompt(self, task_name: str, row: Mapping[str, Any], **ctx_fields) -> tuple[list[int], str]:
+        """(the teacher prompt's ids, its privileged text), from one call of the injector."""
+        messages = self.messages(task_name, row, **ctx_fields)
+        return render_prompt(self.tokenizer, messages), privileged_text(student_messages(row), messages)
 
-def privileged_text(tokenizer, teacher_ids: Sequence[int] | None, row: Mapping[str, Any]) -> str:
-    """What only the teacher saw: its prompt text minus the student's question (for leakage)."""
-    if teacher_ids is None:
-        return ""
-    text = tokenizer.decode(teacher_ids, skip_special_tokens=True)
-    return text.replace(row["prompt"], " ")
+
+def message_text(messages: Sequence[Mapping[str, Any]]) -> str:
+    """The text of chat messages: string contents and the text of content parts, in order."""
+    out = []
+    for m in messages:
+        content = m.get("content")
+        if isinstance(content, str):
+            out.append(content)
+        elif isinstance(content, list):
+            out += [p["text"] for p in content if isinstance(p, Mapping) and isinstance(p.get("text"), str)]
+    return "\n".join(out)
+
+
+def privileged_text(student: Sequence[Mapping[str, Any]], teacher: Sequence[Mapping[str, Any]]) -> str:
+    """What only the teacher saw (for the leakage metric): the words of the teacher's messages
+    that the student's messages do not have at that place (a word-level diff), so that a
+    shared system prompt, the question and the chat template never count as privileged."""
+    s_words, t_words = message_text(student).split(), message_text(teacher).split()
+    ops = difflib.SequenceMatcher(a=s_words, b=t_words, autojunk=False).get_opcodes()
+    return "\n".join(" ".join(t_words[j1:j2]) for tag, _i1, _i2, j1, j2 in ops
+                     if tag in ("insert", "replace"))

@@ -3,6 +3,7 @@
     StepBatch  rows of the step, their tasks, each row's lambda and eps_w, the student prompts
     Rollout    G sampled responses per row (token ids, text, finish reasons, engine log-probs)
     Verified   a verdict per response, rewards, the infrastructure-fault mask
+    TeacherSide  the teacher prompt of each response and its privileged text
     Credit     group advantages, the scoring forwards' log-probs and the token advantages
 
 Responses are laid out row-major: response i belongs to row i // G (G = group size), so a
@@ -67,6 +68,14 @@ class Verified:
 
 
 @dataclass(frozen=True)
+class TeacherSide:
+    """Per response: the teacher prompt and what only the teacher saw in it (for leakage)."""
+
+    ids: list[list[int]]
+    privileged: list[str]
+
+
+@dataclass(frozen=True)
 class Credit:
     """Everything the update needs besides the policy: advantages and the scoring forwards."""
 
@@ -77,6 +86,7 @@ class Credit:
     old_logprobs: torch.Tensor     # [N, T] pi_old
     entropy: torch.Tensor          # [N, T]
     teacher_ids: list[list[int]]   # per response: the teacher prompt
+    privileged: list[str]          # per response: the teacher prompt's privileged text
     teacher_logprobs: Any = None   # [N, T] or None (teacher forward skipped)
     teacher_logits: Any = None     # [N, T, V] or None
     token_advantages: Any = None   # [N, T], filled by the magnitude stage

@@ -21,7 +21,6 @@ from typing import Any
 import torch
 
 from .. import algo
-from ..data import privileged_text
 from ..leakage import leakage
 from .batch import Credit, Rollout, StepBatch, Verified
 from .run import Parts
@@ -90,19 +89,12 @@ def task_metrics(parts: Parts, batch: StepBatch, verified: Verified, credit: Cre
     return out, per_task
 
 
-def leakage_count(parts: Parts, batch: StepBatch, out: Rollout, credit: Credit) -> int:
-    """Responses that mention or copy what only the teacher saw (counted even when the teacher
-    forward was skipped: the prompts are cheap strings)."""
-    tok = parts.tokenizer
-    texts: dict[int, str] = {}  # one decode per distinct teacher prompt
-    count = 0
-    for i, text in enumerate(out.texts):
-        row = batch.rows[batch.of_response(i)]
-        ids = credit.teacher_ids[i]
-        if id(ids) not in texts:
-            texts[id(ids)] = privileged_text(tok, ids, row)
-        count += bool(leakage(text, texts[id(ids)], row["prompt"]))
-    return count
+def leakage_count(batch: StepBatch, out: Rollout, credit: Credit) -> int:
+    """Responses that mention or copy what only the teacher saw: the privileged text of their
+    teacher prompt (rlsd_core.data.privileged_text: never the system prompt, the question or
+    the chat template), counted even when the teacher forward was skipped."""
+    return sum(bool(leakage(text, credit.privileged[i], batch.rows[batch.of_response(i)]["prompt"]))
+               for i, text in enumerate(out.texts))
 
 
 def step_metrics(parts: Parts, batch: StepBatch, out: Rollout, verified: Verified, credit: Credit,
@@ -122,7 +114,7 @@ def step_metrics(parts: Parts, batch: StepBatch, out: Rollout, verified: Verifie
     m["adv_hat_abs_mean"] = diag["adv_hat_abs_mean"]
     per_task_metrics, per_task = task_metrics(parts, batch, verified, credit, eps_w)
     m.update(per_task_metrics)
-    m["leakage_count"] = leakage_count(parts, batch, out, credit)
+    m["leakage_count"] = leakage_count(batch, out, credit)
     m.update(train_stats)
     m["teacher_synced"] = int(synced)
     m["lr"] = parts.optimizer.param_groups[0]["lr"]

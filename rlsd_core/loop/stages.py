@@ -16,9 +16,10 @@ from ..data import render_prompt, student_messages
 from ..engines import SamplingParams
 from ..models import token_logprobs
 from ..records import CreditInputs
-from .batch import Credit, Rollout, StepBatch, Verified, draw_rows
+from .batch import Credit, Rollout, StepBatch, TeacherSide, Verified, draw_rows
 from .run import Parts
 from .schedule import Schedule
+from .spans import thought_mask
 
 
 def autocast(parts: Parts):
@@ -72,20 +73,20 @@ def verify(parts: Parts, batch: StepBatch, out: Rollout) -> Verified:
                     infra=torch.tensor([v.is_infra for v in verdicts]))
 
 
-def teacher_prompts(parts: Parts, batch: StepBatch, out: Rollout, verified: Verified) -> list[list[int]]:
+def teacher_prompts(parts: Parts, batch: StepBatch, out: Rollout, verified: Verified) -> TeacherSide:
     """The teacher prompt of every response, built once: one per row for injectors that read
     only the row, one per response for group injectors (which read the siblings' verdicts)."""
     G = batch.group_size
-    ids: list[list[int]] = []
+    built: list[tuple[list[int], str]] = []
     for r, (task, row) in enumerate(zip(batch.tasks, batch.rows)):
         if not parts.prompts.needs_group(task.name):
-            ids.extend([parts.prompts.ids(task.name, row)] * G)
+            built.extend([parts.prompts.prompt(task.name, row)] * G)
             continue
         lo = r * G
         for k in range(G):
-            ids.append(parts.prompts.ids(task.name, row, index=k, responses=out.texts[lo:lo + G],
-                                         verdicts=verified.verdicts[lo:lo + G]))
-    return ids
+            built.append(parts.prompts.prompt(task.name, row, index=k, responses=out.texts[lo:lo + G],
+                                              verdicts=verified.verdicts[lo:lo + G]))
+    return TeacherSide(ids=[ids for ids, _ in built], privileged=[text for _, text in built])
 
 
 def advantages(parts: Parts, batch: StepBatch, verified: Verified) -> tuple[torch.Tensor, torch.Tensor]:
@@ -95,7 +96,7 @@ def advantages(parts: Parts, batch: StepBatch, verified: Verified) -> tuple[torc
 
 
 def score(parts: Parts, batch: StepBatch, out: Rollout, verified: Verified,
-          teacher_ids: list[list[int]], adv: tuple[torch.Tensor, torch.Tensor]) -> Credit:
+          teacher_side: TeacherSide, adv: tuple[torch.Tensor, torch.Tensor]) -> Credit:
     """The no-grad scoring forwards: pi_old (with entropy) and, when the step uses it, the
     teacher on the same tokens under the teacher prompt."""
     cfg, tok = parts.cfg, parts.tokenizer
@@ -106,25 +107,32 @@ def score(parts: Parts, batch: StepBatch, out: Rollout, verified: Verified,
                              return_entropy=True)
     teacher = None
     if batch.use_teacher:
-        teacher = parts.teacher.score(teacher_ids, out.response_ids, temperature=temperature,
+        teacher = parts.teacher.score(teacher_side.ids, out.response_ids, temperature=temperature,
                                       micro_batch=len(out.response_ids), pad_id=tok.pad_token_id,
                                       return_logits=parts.objective.needs_logits(cfg.algo.model_dump()))
     advantages_, filled = adv
     return Credit(advantages=advantages_, filled_rewards=filled,
                   mask=old.mask & ~verified.infra.to(old.mask.device)[:, None],
                   response_mask=old.mask, old_logprobs=old.logprobs, entropy=old.entropy,
-                  teacher_ids=teacher_ids,
+                  teacher_ids=teacher_side.ids, privileged=teacher_side.privileged,
                   teacher_logprobs=teacher.logprobs if teacher is not None else None,
                   teacher_logits=teacher.logits if teacher is not None else None)
 
 
-def magnitude(parts: Parts, batch: StepBatch, credit: Credit) -> Credit:
-    """The objective's per-token advantages (for RLSD: A scaled by the teacher's evidence)."""
+def magnitude(parts: Parts, batch: StepBatch, out: Rollout, credit: Credit) -> Credit:
+    """The objective's per-token advantages (for RLSD: A scaled by the teacher's evidence),
+    within the reasoning span only when `algo.thought_only` is set."""
+    algo_cfg = parts.cfg.algo
+    token_mask = None
+    if algo_cfg.thought_only:
+        token_mask = thought_mask(parts.tokenizer, out.response_ids, credit.mask.shape[1],
+                                  algo_cfg.thought_start, algo_cfg.thought_end).to(credit.mask.device)
     token_adv = parts.objective.credit(CreditInputs(
         advantages=credit.advantages, old_logprobs=credit.old_logprobs, mask=credit.mask,
         lam=batch.lam.repeat_interleave(batch.group_size),
         eps_w=batch.eps_w.repeat_interleave(batch.group_size),
-        teacher_logprobs=credit.teacher_logprobs, options=parts.cfg.algo.model_dump()))
+        teacher_logprobs=credit.teacher_logprobs, options=algo_cfg.model_dump(),
+        token_mask=token_mask))
     return Credit(**{**credit.__dict__, "token_advantages": token_adv})
 
 

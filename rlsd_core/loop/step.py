@@ -55,11 +55,11 @@ def train_step(run: Run, step: int) -> dict:
          "response": text, "reward": v.reward, "category": v.category.value, "message": v.message}
         for i, (text, v) in enumerate(zip(out.texts, verified.verdicts))])
     run.faults.observe(parts, batch, verified)  # stops a run whose verifier keeps failing
-    teacher_ids = stages.teacher_prompts(parts, batch, out, verified)
+    teacher_side = stages.teacher_prompts(parts, batch, out, verified)
     adv = stages.advantages(parts, batch, verified)
     with timer("score"):
-        credit = stages.score(parts, batch, out, verified, teacher_ids, adv)
-    credit = stages.magnitude(parts, batch, credit)
+        credit = stages.score(parts, batch, out, verified, teacher_side, adv)
+    credit = stages.magnitude(parts, batch, out, credit)
     with timer("train"):
         train_stats = update(parts, out, credit, step)
     with timer("sync"):
