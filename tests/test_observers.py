@@ -94,3 +94,34 @@ def test_results_table_shows_before_and_after():
     text = console.export_text()
     assert "held-out before" in text and "held-out after" in text
     assert "30.0% of 100" in text and "45.0%" in text and "25.0%" in text
+
+
+def test_a_failing_builtin_observer_is_dropped_and_the_others_go_on(pm, tmp_path, monkeypatch, caplog):
+    """Inside the built-in `observers` plugin, one observer that raises (here the plot) is
+    dropped and logged; the metrics file is still written. With on_observer_error=stop the
+    error propagates, for the loop to stop the run naming the plugin."""
+    def broken(self, run, step, metrics):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(plot.PlotObserver, "after_step", broken)
+    run = _run(tmp_path, samples_every=0)
+    pm.hook.rlsd_before_run(run=run)
+    with caplog.at_level("ERROR", logger="rlsd"):
+        for step in (0, 1, 2):
+            pm.hook.rlsd_after_step(run=run, step=step, metrics=_metrics(step))
+    pm.hook.rlsd_after_run(run=run, summary={"steps": 2, "seconds": 1.0, "tasks": {}})
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 3
+    assert [r.getMessage() for r in caplog.records if "PlotObserver" in r.getMessage()] == [
+        "rlsd: the built-in PlotObserver raised OSError in after_step: disk full; it is disabled "
+        "for the rest of the run"]
+
+    stop = RunInfo(config={**_run(tmp_path / "b").config,
+                           "log": {"console": False, "jsonl": False, "plot": True,
+                                   "tensorboard": "false", "on_observer_error": "stop"}},
+                   run_dir=tmp_path / "b", total_steps=2)
+    (tmp_path / "b").mkdir()
+    pm.hook.rlsd_before_run(run=stop)
+    with pytest.raises(RuntimeError, match="PlotObserver.after_step: OSError: disk full"):
+        pm.hook.rlsd_after_step(run=stop, step=1, metrics=_metrics(1))
+    pm.hook.rlsd_on_error(run=stop, step=1, error=RuntimeError("x"))

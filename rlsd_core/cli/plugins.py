@@ -40,15 +40,21 @@ _STYLE = {"pass": "green", "fail": "bold red", "skip": "yellow"}
 
 
 def run_check(args: argparse.Namespace) -> int:
-    from ..testing import NoSuchPluginError, check_installed
+    from ..testing import PROPERTIES, NoSuchPluginError, check_installed
 
     pm = get_plugin_manager()
     err = Console(file=sys.stderr)
+    done: list = []
 
     def progress(result) -> None:
-        if not args.json:
-            err.print(f"  {result.kind} {result.name}: {result.prop} [{_STYLE[result.status]}]"
-                      f"{result.status}[/]", highlight=False)
+        """One line per record as its battery ends (a battery can take seconds)."""
+        done.append(result)
+        mine = [r for r in done if (r.kind, r.name) == (result.kind, result.name)]
+        if len(mine) == len(PROPERTIES[result.kind]) and not args.json:
+            failed = sum(r.status == "fail" for r in mine)
+            style = "bold red" if failed else "green"
+            err.print(f"  {result.kind} {result.name}: [{style}]{failed} failed[/] of {len(mine)}",
+                      highlight=False)
 
     try:
         results = check_installed(pm, args.names, on_result=progress)

@@ -138,7 +138,7 @@ def _loss(record: ObjectiveRecord, options: dict, box: dict) -> str:
     if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
         fail(f"loss returned {short(loss)} as the loss; a scalar tensor")
     if not torch.isfinite(loss):
-        fail(f"loss is {float(loss)}")
+        fail(f"loss is {float(loss.detach())}")
     if not loss.requires_grad:
         fail("the loss has no gradient to the policy's log-probs or logits")
     loss.backward()
@@ -151,4 +151,4 @@ def _loss(record: ObjectiveRecord, options: dict, box: dict) -> str:
             fail(f"stats[{key!r}] = {short(value)}; stats are numbers by name")
         if not math.isfinite(value):
             fail(f"stats[{key!r}] = {value}")
-    return f"loss {float(loss):.4f}, {len(stats)} stats"
+    return f"loss {float(loss.detach()):.4f}, {len(stats)} stats"
