@@ -93,7 +93,11 @@ def test_check_table_and_unknown_name(capsys):
 
 @pytest.mark.slow  # every built-in verifier's worker pool and hostile inputs: ~1 min on 2 cores
 def test_every_builtin_passes_check():
-    proc = rlsd("plugins", "check", "--json", "rlsd")
+    """Every built-in, and the countdown example where it is installed (CI installs it)."""
+    import importlib.util
+
+    names = ["rlsd"] + (["rlsd-countdown"] if importlib.util.find_spec("rlsd_countdown") else [])
+    proc = rlsd("plugins", "check", "--json", *names)
     results = json.loads(proc.stdout)
     failed = [r for r in results if r["status"] == "fail"]
     assert proc.returncode == 0 and not failed, json.dumps(failed, indent=1)
