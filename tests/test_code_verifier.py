@@ -914,8 +914,11 @@ def test_direct_calls_from_short_lived_threads_score_normally():
     wrong = "```python\ndef add(a, b):\n    return a - b\n```"
     right = "```python\ndef add(a, b):\n    return a + b\n```"
     got = []
-    for completion in (right, wrong, right, wrong):
-        t = threading.Thread(target=lambda c=completion: got.append(codever.score([c], [ADD_ROW])[0]))
-        t.start()
-        t.join(60)
+    try:
+        for completion in (right, wrong, right, wrong):
+            t = threading.Thread(target=lambda c=completion: got.append(codever.score([c], [ADD_ROW])[0]))
+            t.start()
+            t.join(60)
+    finally:
+        sandbox.drain()  # reap the last sandbox now: later modules count this process's children
     assert [v.category for v in got] == [Category.OK, Category.WRONG_ANSWER] * 2
