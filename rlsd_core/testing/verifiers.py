@@ -219,10 +219,15 @@ def _examples(v: _Verifier, timings: list) -> str:
     if not checked:
         skip("no example declares a reward: add VerifierRecord.examples=(Example(row, completion, "
              "reward), ...) so that scores can be checked")
-    runtime = v.pool() if not v.record.in_process else _runtime(v, pool=False)
-    if not runtime.wait_ready(120):
-        fail("the verifier's worker process did not start within 120 s (see `picklable`)")
-    verdicts = _timed_scores(runtime, [(c.label, c.completion, c.row) for c in checked], timings)
+    own = v.record.in_process  # scored in this process, as training does; else the shared pool
+    runtime = _runtime(v, pool=False) if own else v.pool()
+    try:
+        if not runtime.wait_ready(120):
+            fail("the verifier's worker process did not start within 120 s (see `picklable`)")
+        verdicts = _timed_scores(runtime, [(c.label, c.completion, c.row) for c in checked], timings)
+    finally:
+        if own:
+            runtime.close()
     wrong = []
     for c, got in zip(checked, verdicts):
         if c.expect == "bad":
