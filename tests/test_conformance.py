@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from rlsd_core import (API_VERSION, ApiVersionError, Category, Example, Verdict, VerifierRecord,
-                       hookimpl)
+from rlsd_core import API_VERSION, ApiVersionError, Category, Example, Verdict, VerifierRecord
 from rlsd_core.plugins import get_plugin_manager
 from rlsd_core.testing import (PROPERTIES, check_injector, check_scheduler, check_verifier,
                                hostile_completions)
