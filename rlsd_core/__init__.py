@@ -21,8 +21,8 @@ from .hookspecs import API_VERSION, RlsdDeprecationWarning, hookimpl, hookspec
 from .hygiene import DEFAULT_MAX_CHARS, clean_completion, clean_tail, keep_tail, normalize_text
 from .leakage import Leak, leakage, leakage_count
 from .records import (CreditInputs, Example, InjectorContext, InjectorRecord, LossInputs, Magnitude,
-                      ObjectiveRecord, RecordError, RunInfo, Scheduler, SchedulerRecord, TaskError,
-                      TaskSourceRecord, VerifierRecord)
+                      ObjectiveRecord, OptionsError, RecordError, RunInfo, Scheduler,
+                      SchedulerRecord, TaskError, TaskSourceRecord, VerifierRecord, check_options)
 from .verdict import Category, Verdict
 from .plugins import (ApiVersionError, PluginError, PluginManager, UnknownNameError,
                       get_plugin_manager)
@@ -35,9 +35,9 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 __all__ = [
     "API_VERSION", "ApiVersionError", "Category", "CreditInputs", "DEFAULT_MAX_CHARS", "Example",
     "InjectorContext", "InjectorRecord", "Leak", "LossInputs", "Magnitude", "ObjectiveRecord",
-    "PluginError", "PluginManager", "RecordError", "RlsdDeprecationWarning", "RunInfo",
-    "Scheduler", "SchedulerRecord", "TaskError", "TaskSourceRecord", "UnknownNameError",
-    "Verdict", "VerifierRecord", "clean_completion", "clean_tail", "get_plugin_manager",
-    "hookimpl", "hookspec", "keep_tail", "leakage", "leakage_count", "normalize_text",
-    "__version__",
+    "OptionsError", "PluginError", "PluginManager", "RecordError", "RlsdDeprecationWarning",
+    "RunInfo", "Scheduler", "SchedulerRecord", "TaskError", "TaskSourceRecord",
+    "UnknownNameError", "Verdict", "VerifierRecord", "check_options", "clean_completion",
+    "clean_tail", "get_plugin_manager", "hookimpl", "hookspec", "keep_tail", "leakage",
+    "leakage_count", "normalize_text", "__version__",
 ]

@@ -31,10 +31,18 @@ on its record (`examples=`), so that the conformance battery (`rlsd plugins chec
 
 These records and the hooks of `rlsd_core.hookspecs` are one contract, versioned by
 `API_VERSION` (docs/plugin-api.md); fields are only ever added with a default.
+
+Options: a verifier or injector may declare the options it accepts as `options_schema`, a
+pydantic model class (optional; records without one keep working). rlsd then checks a task's
+`verifier_options` / `injector_options` (and `rlsd verify --options`) with `check_options`
+before any row is scored or any model loaded: an unknown or invalid option is an error naming
+the option, never a run whose every sample is `verifier_error`. Without a schema, a verifier's
+options are checked against the keyword parameters of its `fn` when it takes no `**options`.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 import re
 from dataclasses import dataclass, field
@@ -54,6 +62,64 @@ class RecordError(ValueError):
 class TaskError(ValueError):
     """A task cannot be built from its config: a bad option, a missing file, unusable rows.
     Task sources raise it; the message names what is wrong and how to fix it."""
+
+
+class OptionsError(ValueError):
+    """Options given to a plugin do not fit what it declares; the message names each option."""
+
+
+def _schema_problems(schema: Any, options: Mapping[str, Any]) -> tuple[list[str], dict]:
+    fields = getattr(schema, "model_fields", None)
+    config = getattr(schema, "model_config", None) or {}
+    problems = []
+    if isinstance(fields, Mapping) and config.get("extra") != "allow":
+        for key in options:
+            if key not in fields:
+                problems.append(f"unknown option {key!r} (valid: {', '.join(fields) or 'none'})")
+    if problems:
+        return problems, {}
+    try:
+        model = schema.model_validate(dict(options))
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        errors = getattr(exc, "errors", None)
+        for err in (errors() if callable(errors) else []):
+            msg = str(err.get("msg", "")).removeprefix("Value error, ")
+            where = ".".join(str(p) for p in err.get("loc", ()))
+            problems.append(f"option {where!r}: {msg} (got {err.get('input')!r})" if where else msg)
+        return problems or [str(exc)], {}
+    return [], {key: getattr(model, key, options[key]) for key in options}
+
+
+def _signature_problems(fn: Callable, options: Mapping[str, Any], skip: int) -> list[str]:
+    try:
+        params = list(inspect.signature(fn).parameters.values())[skip:]
+    except (TypeError, ValueError):
+        return []
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return []  # fn(**options): nothing declared to check against
+    names = [p.name for p in params if p.kind in (inspect.Parameter.KEYWORD_ONLY,
+                                                   inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    return [f"unknown option {key!r} (valid: {', '.join(names) or 'none'})"
+            for key in options if key not in names]
+
+
+def check_options(record: Any, options: Mapping[str, Any] | None, where: str = "") -> dict:
+    """Check `options` for a verifier or injector record before any work; return the options to
+    use (values coerced by the record's `options_schema`, if it has one). Raises OptionsError
+    naming the record, `where` the options came from, and every offending option."""
+    options = dict(options or {})
+    schema = getattr(record, "options_schema", None)
+    if schema is not None:
+        problems, options = _schema_problems(schema, options)
+    elif getattr(record, "kind", "") == "verifier":
+        problems = _signature_problems(record.fn, options, skip=2)
+    else:
+        problems = []
+    if problems:
+        at = f"{where}: " if where else ""
+        raise OptionsError(f"{at}{record.kind} {record.name!r} rejects its options: "
+                           + "; ".join(problems))
+    return options
 
 
 def _check_common(rec: Any, callables: tuple[str, ...] = ("fn",)) -> None:
@@ -141,6 +207,8 @@ class VerifierRecord:
     startup_check: Callable[..., None] | None = None
     examples: tuple[Example, ...] = ()
     optional_columns: tuple[str, ...] = ()
+    # Optional: a pydantic model class of the accepted options (see the module docstring).
+    options_schema: Any = None
 
     kind = "verifier"
 
@@ -190,6 +258,8 @@ class InjectorRecord:
     needs_group: bool = False
     # Rows (`Example.row`) that `rlsd plugins check` builds teacher prompts from.
     examples: tuple[Example, ...] = ()
+    # Optional: a pydantic model class of the accepted ctx.options (see the module docstring).
+    options_schema: Any = None
 
     kind = "injector"
 

@@ -36,7 +36,9 @@ gets the `reference_answer` prompt instead (needs the row's `answer`).
 from __future__ import annotations
 
 import copy
-from typing import Any, Mapping, Sequence
+from typing import Any, Literal, Mapping, Sequence
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from rlsd_core import Category, InjectorContext, InjectorRecord, Verdict, hookimpl
 
@@ -150,6 +152,36 @@ def _template(ctx: InjectorContext, name: str) -> str:
     return ctx.options.get("template", TEMPLATES[name])
 
 
+# --- the options each injector accepts (checked before any model loads; rlsd_core.check_options)
+
+class HintOptions(BaseModel):
+    """Options of reference_answer (and the base of the others)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    template: str | None = None
+    max_hint_tokens: int | None = Field(None, ge=1)
+    chars_per_token: float | None = Field(None, gt=0)
+
+    @field_validator("template")
+    @classmethod
+    def _template_fields(cls, value):
+        if value is not None and (value.count("{question}") != 1 or "{hint}" not in value):
+            raise ValueError("the template must contain {question} once and {hint}")
+        return value
+
+
+class SolutionOptions(HintOptions):
+    column: str | None = None
+
+
+class GroupOptions(HintOptions):
+    fallback: Literal["student", "reference_answer"] | None = None
+
+
+class NoOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
 def _fallback(row: Mapping[str, Any], student_messages: Sequence[Mapping[str, Any]],
               ctx: InjectorContext, who: str) -> list[dict]:
     mode = ctx.options.get("fallback", "student")
@@ -232,15 +264,19 @@ def none(row: Mapping[str, Any], student_messages: list[dict], ctx: InjectorCont
 RECORDS = [
     InjectorRecord(name="reference_answer", fn=reference_answer, columns=("answer",), version=VERSION,
                    description="The release's prompt: question, 'Here is a reference solution:', the gold "
-                               "answer, solve it in your own way."),
+                               "answer, solve it in your own way.", options_schema=HintOptions),
     InjectorRecord(name="reference_solution", fn=reference_solution, columns=("solution",), version=VERSION,
-                   description="A full worked solution column as the reference."),
+                   description="A full worked solution column as the reference.",
+                   options_schema=SolutionOptions),
     InjectorRecord(name="verifier_feedback", fn=verifier_feedback, version=VERSION, needs_group=True,
-                   description="The verifier's message on a failed sibling response."),
+                   description="The verifier's message on a failed sibling response.",
+                   options_schema=GroupOptions),
     InjectorRecord(name="successful_sibling", fn=successful_sibling, version=VERSION, needs_group=True,
-                   description="A correct response from the same group (not the response itself), as in SDPO."),
+                   description="A correct response from the same group (not the response itself), as in SDPO.",
+                   options_schema=GroupOptions),
     InjectorRecord(name="none", fn=none, version=VERSION,
-                   description="No privileged context: the teacher sees the student's prompt."),
+                   description="No privileged context: the teacher sees the student's prompt.",
+                   options_schema=NoOptions),
 ]
 
 

@@ -21,7 +21,9 @@ The gold column `answer` may be one string (or number) or a list of accepted ans
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping, Sequence
+from typing import Any, Literal, Mapping, Sequence
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from rlsd_core import (Category, Example, Verdict, VerifierRecord, clean_completion, hookimpl,
                        normalize_text)
@@ -110,6 +112,20 @@ def _extract(text: str, extract: str) -> str | None:
     return found
 
 
+class ExactMatchOptions(BaseModel):
+    """The options (see the module docstring), checked by `rlsd_core.check_options` before any
+    row is scored; None: the default."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    ignore_case: bool | None = None
+    strip_punctuation: bool | None = None
+    collapse_whitespace: bool | None = None
+    unwrap_latex: bool | None = None
+    normalize_numbers: bool | None = None
+    extract: Literal["auto", "wrapped", "none"] | None = None
+    max_answer_chars: int | None = Field(None, ge=1)
+
+
 def score_one(completion: Any, row: Mapping[str, Any], *, extract: str = "auto",
               max_answer_chars: int = 10_000, **norm: bool) -> Verdict:
     if extract not in ("auto", "wrapped", "none"):
@@ -162,6 +178,7 @@ RECORD = VerifierRecord(
         Example(row={"answer": "42"}, completion="The final answer is 41.", reward=0.0),
         Example(row={"answer": "42"}, completion="", reward=0.0),
     ),
+    options_schema=ExactMatchOptions,
 )
 
 

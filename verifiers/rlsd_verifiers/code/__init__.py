@@ -44,6 +44,8 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping, Sequence
 
+from pydantic import BaseModel, ConfigDict, model_validator
+
 from rlsd_core import Category, Example, Verdict, VerifierRecord, hookimpl
 
 from .sandbox import Limits, SandboxUnavailable, check_sandbox, run_sandboxed
@@ -127,6 +129,36 @@ def _parse_options(options: Mapping[str, Any]) -> tuple[Limits, dict[str, Any]]:
     if isinstance(mcc, bool) or not isinstance(mcc, int) or mcc <= 0:
         raise ValueError(f"code verifier: max_code_chars must be a positive integer, got {mcc!r}")
     return limits, rest
+
+
+class CodeOptions(BaseModel):
+    """The options `rlsd_core.check_options` validates before any sample runs (the rules are
+    `_parse_options` and `Limits.validate`; None: the verifier's default)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    sandbox: str | None = None
+    timeout: float | None = None
+    sample_timeout: float | None = None
+    partial_credit: bool | None = None
+    max_code_chars: int | None = None
+    extract_code: str | None = None
+    python: str | None = None
+    bwrap: str | None = None
+    memory_mb: int | None = None
+    max_processes: int | None = None
+    max_open_files: int | None = None
+    max_file_mb: int | None = None
+    tmpfs_mb: int | None = None
+    max_output_bytes: int | None = None
+    max_value_bytes: int | None = None
+
+    @model_validator(mode="after")
+    def _valid(self):
+        try:
+            _parse_options(self.model_dump(exclude_none=True))
+        except TypeError as exc:
+            raise ValueError(str(exc)) from None
+        return self
 
 
 def _row_style(row: Mapping[str, Any]) -> tuple[str | None, Verdict | None]:
@@ -284,6 +316,7 @@ RECORD = VerifierRecord(
         Example(row={"tests": [{"input": "2 3\n", "output": "5\n"}]},
                 completion="a, b = map(int, input().split())\nprint(a + b)", reward=1.0),
     ),
+    options_schema=CodeOptions,
 )
 
 

@@ -29,6 +29,8 @@ from fractions import Fraction
 from functools import lru_cache
 from typing import Any, Mapping, Sequence
 
+from pydantic import BaseModel, ConfigDict, model_validator
+
 from rlsd_core import (DEFAULT_MAX_CHARS, Category, Example, Verdict, VerifierRecord, clean_tail,
                        hookimpl)
 
@@ -105,6 +107,21 @@ def check_options(fallback: str = "last_number", rel_tol: float = 1e-6,
         raise ValueError(f"math: rel_tol must be a number in [0, 1), got {rel_tol!r}")
     if isinstance(max_chars, bool) or not isinstance(max_chars, int) or max_chars < 100:
         raise ValueError(f"math: max_chars must be an int >= 100, got {max_chars!r}")
+
+
+class MathOptions(BaseModel):
+    """The options `rlsd_core.check_options` validates before any row is scored (the rules are
+    `check_options` above; None: the verifier's default)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    fallback: str | None = None
+    rel_tol: float | None = None
+    max_chars: int | None = None
+
+    @model_validator(mode="after")
+    def _valid(self):
+        check_options(**self.model_dump(exclude_none=True))
+        return self
 
 
 def score_one(completion: Any, row: Mapping[str, Any], *, fallback: str = "last_number",
@@ -216,6 +233,7 @@ RECORD = VerifierRecord(
         Example(row={"answer": "52"}, completion="47+5=\\boxed{53}", reward=0.0),
         Example(row={"answer": "x^2 - 1"}, completion="\\boxed{(x-1)(x+1)}", reward=1.0),
     ),
+    options_schema=MathOptions,
 )
 
 
