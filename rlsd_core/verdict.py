@@ -5,6 +5,14 @@ a parse failure, a sandbox that could not start), the trainer receives one `Verd
 completion: a reward in [0, 1], one category from the shared enum below, and a short message a
 human (or a feedback injector) can read. Infrastructure categories are faults of the harness,
 not of the model: the trainer masks those samples instead of training on a false 0.
+
+A verdict the runtime had to make up because the verifier itself produced none (its worker
+process died, it overran its hard deadline, it ran out of memory) keeps the category that says
+what happened (`crash`, `timeout`, `memory_limit`) and carries `harness_fault=True`: it is an
+infrastructure fault too (`is_infra`), masked in training and flagged by `rlsd verify`. Such an
+outcome depends on the machine's load and state, so a correct answer can get it: scoring it 0
+would train on a false 0. The same categories returned *by* a verifier (the code verifier's
+sandboxed program timed out or crashed) are the model's outcome and are trained on.
 """
 
 from __future__ import annotations
@@ -59,6 +67,9 @@ class Verdict:
     category: Category
     message: str = ""
     answer: str | None = None
+    # Set by the runtime, never by a verifier: the verifier produced no verdict (see the module
+    # docstring). It does not cross the worker boundary.
+    harness_fault: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.reward, bool) or not isinstance(self.reward, (int, float)):
@@ -75,7 +86,8 @@ class Verdict:
 
     @property
     def is_infra(self) -> bool:
-        return self.category.is_infra
+        """An infrastructure fault: masked in training, counted apart (`infra_masked`)."""
+        return self.harness_fault or self.category.is_infra
 
     @classmethod
     def ok(cls, message: str = "", answer: str | None = None, reward: float = 1.0) -> "Verdict":
@@ -86,5 +98,12 @@ class Verdict:
              reward: float = 0.0) -> "Verdict":
         return cls(reward, Category(category), message, answer)
 
+    @classmethod
+    def harness(cls, category: Category | str, message: str) -> "Verdict":
+        """A verdict the runtime makes when the verifier produced none (reward 0, masked)."""
+        return cls(0.0, Category(category), message, None, harness_fault=True)
+
     def to_dict(self) -> dict:
-        return {"reward": self.reward, "category": self.category.value, "message": self.message}
+        """reward, category, message and `infra` (True when training masks this sample)."""
+        return {"reward": self.reward, "category": self.category.value, "message": self.message,
+                "infra": self.is_infra}

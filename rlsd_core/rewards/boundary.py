@@ -7,6 +7,7 @@ Used in both places a verifier runs: directly in the caller's process (records w
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Mapping, Sequence
 
@@ -17,7 +18,8 @@ from ..verdict import Category, Verdict
 def coerce_result(value: Any) -> Verdict:
     """Turn what a plugin returned for one sample into a Verdict, or a verifier_error verdict."""
     if isinstance(value, Verdict):
-        return value
+        # harness_fault is the runtime's to set (the verifier produced no verdict), not a plugin's
+        return dataclasses.replace(value, harness_fault=False) if value.harness_fault else value
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if math.isfinite(value) and 0.0 <= value <= 1.0:
             return Verdict(float(value), Category.OK if value == 1.0 else Category.WRONG_ANSWER)
@@ -41,6 +43,10 @@ def call_verifier(record: VerifierRecord, completions: Sequence[Any], rows: Sequ
     """Call a verifier on a batch in this process, guarding the plugin boundary."""
     try:
         produced = record.fn(list(completions), list(rows), **options)
+    except MemoryError:
+        # the documented category; the runtime's limit, not the answer, decided it: masked
+        return [Verdict.harness(Category.MEMORY_LIMIT,
+                                f"verifier {record.name!r} ran out of memory")] * len(completions)
     except BaseException as exc:  # noqa: BLE001 - SystemExit/KeyboardInterrupt from a plugin too
         msg = f"verifier {record.name!r} raised {type(exc).__name__}: {_safe_str(exc)}"
         return [Verdict.fail(Category.VERIFIER_ERROR, msg)] * len(completions)

@@ -63,7 +63,7 @@ class RewardCache:
             return v
 
     def put(self, key: Any, verdict: Verdict) -> None:
-        if verdict.category not in CACHEABLE_CATEGORIES:
+        if verdict.category not in CACHEABLE_CATEGORIES or verdict.harness_fault:
             return
         with self._lock:
             self._entries[key] = verdict

@@ -34,6 +34,9 @@ START_TIMEOUT_S = 120.0
 MAX_START_FAILURES = 3
 # Samples in flight per worker: the running one plus one waiting in its pipe.
 PIPELINE_DEPTH = 2
+# The dispatcher never sleeps longer than this, whatever it waits for: a state it failed to
+# foresee (a worker lost between two checks) costs at most this long, never a hang.
+MAX_WAIT_S = 1.0
 
 
 # ------------------------------------------------------------------------------------------
@@ -46,12 +49,14 @@ def _verdict_to_wire(v: Verdict) -> tuple:
     ans = v.answer if type(v.answer) is str else None
     if ans is not None and len(ans) > 1000:
         ans = ans[:1000]
-    return (float(v.reward), str(v.category.value), msg, ans)
+    return (float(v.reward), str(v.category.value), msg, ans, v.harness_fault is True)
 
 
 def _wire_to_verdict(payload: Any) -> Verdict:
     try:
-        reward, category, message, answer = payload
+        if len(payload) == 5 and payload[4] is True:  # made by the worker's boundary, not the plugin
+            return Verdict.harness(Category(payload[1]), str(payload[2]))
+        reward, category, message, answer = payload[:4]
         if type(reward) is not float or type(category) is not str or type(message) is not str:
             raise TypeError("bad field types")
         if answer is not None and type(answer) is not str:
@@ -65,11 +70,17 @@ def _wire_to_verdict(payload: Any) -> Verdict:
 # multiprocessing: multiprocessing's spawn re-imports the caller's __main__ in every child, which
 # re-runs an unguarded training script and fails under `python -` or a notebook. This bootstrap
 # uses the standard library only, takes sys.path and the record from the parent, then imports.
+# fd 1 is pointed at stderr first: whatever a verifier prints must never reach the parent's
+# stdout, which may be the JSONL stream of `rlsd verify`.
 _BOOTSTRAP = (
-    "import sys\n"
+    "import os, sys\n"
+    "os.dup2(2, 1)\n"
     "from multiprocessing.connection import Connection\n"
     "conn = Connection(int(sys.argv[1]))\n"
-    "path, blob, options, mem = conn.recv()\n"
+    "try:\n"
+    "    path, blob, options, mem = conn.recv()\n"
+    "except (EOFError, OSError):\n"
+    "    sys.exit(0)\n"
     "sys.path[:] = path\n"
     "from rlsd_core.rewards.pool import _worker_main\n"
     "_worker_main(conn, blob, options, mem)\n"
@@ -97,7 +108,10 @@ def _worker_main(conn, record_blob: bytes, options: dict, memory_limit_mb: int |
         except BaseException:  # noqa: BLE001
             pass
         return
-    conn.send(("ready", os.getpid()))
+    try:
+        conn.send(("ready", os.getpid()))
+    except OSError:  # the parent closed the pool while this worker started
+        return
     while True:
         try:
             msg = conn.recv()
@@ -110,8 +124,11 @@ def _worker_main(conn, record_blob: bytes, options: dict, memory_limit_mb: int |
         try:
             verdict = call_verifier(record, [completion], [row], options)[0]
             payload = _verdict_to_wire(verdict)
+            # a fresh interpreter after running out of memory: the heap may be fragmented
+            recycle = verdict.category is Category.MEMORY_LIMIT and verdict.harness_fault
         except MemoryError:
-            payload = (0.0, Category.MEMORY_LIMIT.value, "verifier ran out of memory", None)
+            payload = (0.0, Category.MEMORY_LIMIT.value,
+                       f"verifier {record.name!r} ran out of memory", None, True)
             recycle = True
         except BaseException as exc:  # noqa: BLE001 - e.g. a Verdict subclass that lies
             payload = (0.0, Category.VERIFIER_ERROR.value,
@@ -353,13 +370,16 @@ class _Pool:
                 for w in list(self._workers):
                     if w.ready and len(w.tasks) < depth and w in self._workers:
                         self._dispatch(w)
-            # wait for results, deaths, wake-ups or the nearest deadline
+            # wait for results, deaths, wake-ups or the nearest deadline; never unbounded, and
+            # not at all when a worker was lost during dispatch (it is replaced at the top)
             deadlines = [w.deadline for w in self._workers if w.tasks]
             deadlines += [w.started_at + START_TIMEOUT_S for w in self._workers if not w.ready]
-            wait_s = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
+            wait_s = min([MAX_WAIT_S, *(max(0.0, d - time.monotonic()) for d in deadlines)])
+            if len(self._workers) < self._n and self._start_failures < MAX_START_FAILURES:
+                wait_s = 0.0
             conns = {w.conn: w for w in self._workers}
             sentinels = {w.pidfd: w for w in self._workers if w.pidfd is not None}
-            if len(sentinels) < len(self._workers) and (wait_s is None or wait_s > 0.2):
+            if len(sentinels) < len(self._workers) and wait_s > 0.2:
                 wait_s = 0.2  # no pidfd: poll for deaths the pipe does not show
             ready = _wait_conns([self._wake_r, *conns, *sentinels], wait_s)
             if self._wake_r in ready:
@@ -403,7 +423,7 @@ class _Pool:
                     self._requeue(w)
                     self._kill(w)
                     self._bump("timeouts")
-                    self._finish(task, Verdict.fail(
+                    self._finish(task, Verdict.harness(
                         Category.TIMEOUT, f"verifier {self._name!r} exceeded its {self._timeout:g} s deadline"))
                 elif not w.ready and now >= w.started_at + START_TIMEOUT_S:
                     self._kill(w)
@@ -466,8 +486,8 @@ class _Pool:
         if task is not None:
             self._bump("crashes")
             how = f"signal {-code}" if isinstance(code, int) and code < 0 else f"exit code {code}"
-            self._finish(task, Verdict.fail(Category.CRASH,
-                                            f"verifier {self._name!r} worker died ({how})"))
+            self._finish(task, Verdict.harness(Category.CRASH,
+                                               f"verifier {self._name!r} worker died ({how})"))
 
     def _shutdown(self) -> None:
         with self._lock:

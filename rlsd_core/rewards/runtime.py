@@ -17,23 +17,27 @@ completion, in order. The runtime owns everything that must not be left to each 
 
 `score` works from any thread and `ascore` from asyncio; the caller's own alarms are left alone.
 Records that declare `in_process=True` (cheap, safe verifiers such as exact_match) are called
-directly: no pool, no processes.
+in this process, on a helper thread with the same deadline (`rlsd_core.rewards.inline`): one
+that overruns it gets `timeout` and the record moves to the worker pool for good.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import math
 import threading
+import warnings
 import weakref
 from concurrent.futures import Future
 from typing import Any, Mapping, Sequence
 
 from ..hygiene import DEFAULT_MAX_CHARS, clean_tail
-from ..records import VerifierRecord
+from ..records import VerifierRecord, check_options
 from ..verdict import Category, Verdict
-from .boundary import call_verifier, coerce_result, missing_columns
+from .boundary import coerce_result, missing_columns
 from .cache import DEFAULT_CACHE_SIZE, RewardCache
+from .inline import InlineCaller
 from .pool import Counters, _Pool
 
 # A sandboxed (code) verifier gets the source unchanged: NFKC or tail-cutting would change what
@@ -62,26 +66,49 @@ class VerifierRuntime:
                  workers: int = 1, timeout: float | None = None, max_chars: int | None = None,
                  cache: int = DEFAULT_CACHE_SIZE, memory_limit_mb: int | None = -1) -> None:
         self.record = record
-        self.options = dict(options or {})
-        self.workers = max(1, int(workers))
+        # The record's declared options, checked before any worker starts (OptionsError).
+        self.options = check_options(record, options)
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
+        self.workers = workers
         self.timeout = float(timeout if timeout is not None else record.time_budget_s)
-        if not self.timeout > 0:
-            raise ValueError(f"timeout must be > 0, got {timeout!r}")
+        if not (self.timeout > 0 and math.isfinite(self.timeout)):
+            raise ValueError(f"timeout must be a finite number of seconds > 0, got {timeout!r}")
         self.is_code = bool(record.needs_sandbox)
         self.max_chars = int(max_chars or (DEFAULT_MAX_CODE_CHARS if self.is_code else DEFAULT_MAX_CHARS))
         if memory_limit_mb == -1:
             memory_limit_mb = None if self.is_code else 4096
+        self._memory_limit_mb = memory_limit_mb
         self._cache = RewardCache(record, self.options, cache)
         self._counters = Counters()
         self._pool: _Pool | None = None
+        self._inline: InlineCaller | None = None
         self._closed = False
         if record.startup_check is not None:
             # Refuse here, loudly, rather than mask every sample later (e.g. no bubblewrap).
             record.startup_check(**self.options)
-        if not record.in_process:
-            self._pool = _Pool(record, self.options, self.workers, self.timeout, memory_limit_mb,
-                               self._counters)
-            self._finalizer = weakref.finalize(self, _Pool.close, self._pool)
+        if record.in_process:
+            self._inline = InlineCaller(record, self.options, self.timeout)
+        else:
+            self._start_pool()
+
+    def _start_pool(self) -> None:
+        self._pool = _Pool(self.record, self.options, self.workers, self.timeout,
+                           self._memory_limit_mb, self._counters)
+        self._finalizer = weakref.finalize(self, _Pool.close, self._pool)
+
+    def _demote(self) -> None:
+        """An in_process record overran its deadline: from now on it runs in the worker pool,
+        where deadlines are hard. A record that cannot be sent to a worker stays in process
+        (each overrun then abandons one more helper thread)."""
+        try:
+            self._start_pool()
+        except ValueError:
+            return
+        warnings.warn(f"verifier {self.record.name!r} declares in_process=True but overran its "
+                      f"{self.timeout:g} s deadline; rlsd runs it in worker processes from now on",
+                      RuntimeWarning, stacklevel=3)
+        self._inline = None
 
     # -- scoring -----------------------------------------------------------------------------
     def score(self, completions: Sequence[Any], rows: Sequence[Mapping]) -> list[Verdict]:
@@ -139,16 +166,20 @@ class VerifierRuntime:
                 work.append((i, text, r, key, followers))
             else:
                 work.append((i, text, r, None, []))
-        if self._pool is None:
-            pending = []
-            for i, text, r, key, followers in work:
-                fut: Future = Future()
-                fut.set_result(call_verifier(self.record, [text], [r], self.options)[0])
-                pending.append((i, fut, key, followers))
-        else:
-            pending = [(i, self._pool.submit(text, r), key, followers)
-                       for i, text, r, key, followers in work]
         self._counters.bump("verifier_calls", len(work))
+        pending = []
+        while work and self._inline is not None:
+            done, stop = self._inline.run([(text, r) for _i, text, r, _k, _f in work])
+            for (i, _text, _r, key, followers), verdict in zip(work, done):
+                fut: Future = Future()
+                fut.set_result(verdict)
+                pending.append((i, fut, key, followers))
+            work = work[stop + 1:]
+            if stop < len(done):  # a sample overran: the rest go to the pool (when it can)
+                self._counters.bump("timeouts")
+                self._demote()
+        pending += [(i, self._pool.submit(text, r), key, followers)
+                    for i, text, r, key, followers in work]
         return out, pending
 
     def _complete(self, out, idx, verdict, key, followers) -> None:
