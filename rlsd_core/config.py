@@ -24,6 +24,7 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from .plugins import UnknownNameError
+from .records import OptionsError, check_options
 
 
 def _bool_word(value: Any) -> Any:
@@ -41,7 +42,9 @@ class ConfigError(ValueError):
 
 class _Section(BaseModel):
     # extra="forbid": a misspelt key is an error (with a suggestion), never silently ignored.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: no field of a run makes sense at inf or NaN (`lr: .inf`, `temperature:
+    # .nan` pass `gt=0` checks otherwise and surface later as NaN losses).
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ModelConfig(_Section):
@@ -179,7 +182,8 @@ class TeacherConfig(_Section):
 class OptimConfig(_Section):
     lr: float = Field(1e-4, gt=0, description="AdamW learning rate.")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
-    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = Field(
+        (0.9, 0.999), description="AdamW betas, each in [0, 1).")
     grad_clip: float = Field(1.0, gt=0, description="Gradient-norm clip.")
     ppo_epochs: int = Field(1, ge=1, description="Passes over each rollout batch.")
     mini_batches: int = Field(1, ge=1, description="Optimizer steps per epoch (the batch is split "
@@ -356,14 +360,49 @@ def _list_index(node: list, part: str, where: list[str]) -> int:
     return idx
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load that refuses a key given twice in one mapping (PyYAML keeps the last silently:
+    `lr: 1e-4` ... `lr: 1e-2` would train at 1e-2 without a word)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _value in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                first = seen.setdefault(key, key_node.start_mark.line + 1)
+            except TypeError:  # an unhashable key: let PyYAML report it
+                continue
+            if first != key_node.start_mark.line + 1:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice (lines {first} and "
+                                f"{key_node.start_mark.line + 1}); keep one", key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml_text(text: str) -> Any:
+    """YAML with duplicate keys refused (config files, suite manifests)."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+def read_text_file(p: Path, what: str) -> str:
+    """A text file as UTF-8, with an error naming the file and the byte for anything else."""
+    try:
+        return p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{what} {str(p)!r} is not UTF-8 text (byte {exc.start}: "
+                          f"{exc.object[exc.start:exc.start + 1]!r}); save it as UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {str(p)!r}: {exc.strerror}") from None
+
+
 def load_yaml(path: str | Path) -> dict:
     p = Path(path).expanduser()
     if not p.is_file():
         raise ConfigError(f"config file {str(p)!r} does not exist")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        data = read_yaml_text(read_text_file(p, "config file"))
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {str(p)!r} is not valid YAML: {exc}") from exc
+        raise ConfigError(f"config file {str(p)!r} is not valid YAML: {exc}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -488,18 +527,31 @@ def check_plugins(cfg: TrainConfig, registry) -> None:
                 problems.append(f"{where}.options: scheduler {section.name!r} rejects "
                                 f"{section.options!r}: {exc}")
 
+    def try_options(record, options, where: str) -> None:
+        """The plugin's declared options (rlsd_core.check_options), before any row is scored."""
+        if record is not None:
+            try:
+                check_options(record, options)
+            except OptionsError as exc:
+                problems.append(f"{where}: {exc}")
+
     for i, task in enumerate(cfg.tasks):
         default_verifier, default_injector = "exact_match", "reference_answer"
         if task.path is None:
             rec = need("task_source", task.source, f"tasks[{i}].source")
             if rec is not None:
                 default_verifier, default_injector = rec.verifier, rec.injector
-        need("verifier", task.verifier or default_verifier, f"tasks[{i}].verifier")
-        for j, extra in enumerate(task.verifiers[1:], 1):
-            need("verifier", extra.name, f"tasks[{i}].verifiers[{j}].name")
+        rec = need("verifier", task.verifier or default_verifier, f"tasks[{i}].verifier")
+        if task.verifiers:
+            for j, extra in enumerate(task.verifiers):
+                rec = rec if j == 0 else need("verifier", extra.name, f"tasks[{i}].verifiers[{j}].name")
+                try_options(rec, extra.options, f"tasks[{i}].verifiers[{j}].options")
+        else:
+            try_options(rec, task.verifier_options, f"tasks[{i}].verifier_options")
         if task.scheduler is not None:
             try_scheduler(task.scheduler, f"tasks[{i}].scheduler")
-        need("injector", task.injector or default_injector, f"tasks[{i}].injector")
+        rec = need("injector", task.injector or default_injector, f"tasks[{i}].injector")
+        try_options(rec, task.injector_options, f"tasks[{i}].injector_options")
     try_scheduler(cfg.scheduler, "scheduler")
     need("objective", cfg.algo.loss, "algo.loss")
     if problems:

@@ -5,11 +5,11 @@
     row -> student prompt / teacher prompt through the task's injector (prompts.py)
 """
 
-from .jsonl import JsonlError, read_jsonl
+from .jsonl import JsonlError, json_safe, read_jsonl
 from .prompts import TeacherPrompts, privileged_text, render_prompt, student_messages
 from .suites import SuiteError, shape_rows, shipped_suites, suite_tasks
 from .tasks import TaskData, check_rows, load_task, source_defaults, split
 
-__all__ = ["JsonlError", "SuiteError", "TaskData", "TeacherPrompts", "check_rows", "load_task",
+__all__ = ["JsonlError", "SuiteError", "TaskData", "TeacherPrompts", "check_rows", "json_safe", "load_task",
            "privileged_text", "read_jsonl", "render_prompt", "shape_rows", "shipped_suites",
            "source_defaults", "split", "student_messages", "suite_tasks"]

@@ -10,9 +10,11 @@ all see byte-identical prompts.
 
 from __future__ import annotations
 
+import copy
 import difflib
 from typing import Any, Mapping, Sequence
 
+from ..plugins import PluginError
 from ..records import InjectorContext, InjectorRecord
 
 
@@ -56,10 +58,26 @@ class TeacherPrompts:
         return text if len(ids) <= n else self.tokenizer.decode(ids[:n])
 
     def messages(self, task_name: str, row: Mapping[str, Any], **ctx_fields) -> list[dict]:
+        """The injector's messages for `row`. The injector gets its own deep copy of the row (and
+        of its options), so nothing it writes reaches the student's prompt or the next call. An
+        injector that raises or returns anything but chat messages stops the run with a
+        PluginError naming it and the task."""
         task = self._tasks[task_name]
-        ctx = InjectorContext(options=task.injector_options, count_tokens=self.count_tokens,
-                              truncate_tokens=self.truncate_tokens, **ctx_fields)
-        return self._injectors[task_name].fn(row, student_messages(row), ctx)
+        record = self._injectors[task_name]
+        mine = copy.deepcopy(dict(row))
+        ctx = InjectorContext(options=copy.deepcopy(task.injector_options),
+                              count_tokens=self.count_tokens, truncate_tokens=self.truncate_tokens,
+                              **ctx_fields)
+        try:
+            out = record.fn(mine, student_messages(mine), ctx)
+        except Exception as exc:  # noqa: BLE001 - named and re-raised for the user
+            raise PluginError(f"injector {record.name!r} (task {task_name!r}) failed: "
+                              f"{type(exc).__name__}: {exc}") from exc
+        if not _is_messages(out):
+            raise PluginError(f"injector {record.name!r} (task {task_name!r}) returned "
+                              f"{_describe(out)}; an injector returns a non-empty list of chat "
+                              f"messages, each a dict with 'role' and 'content'")
+        return out
 
     def ids(self, task_name: str, row: Mapping[str, Any], **ctx_fields) -> list[int]:
         return render_prompt(self.tokenizer, self.messages(task_name, row, **ctx_fields))
@@ -90,3 +108,14 @@ def privileged_text(student: Sequence[Mapping[str, Any]], teacher: Sequence[Mapp
     ops = difflib.SequenceMatcher(a=s_words, b=t_words, autojunk=False).get_opcodes()
     return "\n".join(" ".join(t_words[j1:j2]) for tag, _i1, _i2, j1, j2 in ops
                      if tag in ("insert", "replace"))
+
+
+def _is_messages(value: Any) -> bool:
+    return (isinstance(value, list) and bool(value)
+            and all(isinstance(m, dict) and isinstance(m.get("role"), str)
+                    and isinstance(m.get("content"), (str, list)) for m in value))
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text[:80] + '...' if len(text) > 80 else text}"

@@ -31,7 +31,7 @@ from typing import Any, Mapping, Sequence
 import yaml
 from pydantic import ValidationError
 
-from ..config import TaskConfig
+from ..config import ConfigError, TaskConfig, read_text_file, read_yaml_text
 from ..plugins import UnknownNameError
 from ..records import TaskError
 
@@ -132,9 +132,11 @@ def _locate(name_or_file: str, registry) -> tuple[str, dict, Path | None]:
 
 def _read(path: Path) -> dict:
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = read_yaml_text(read_text_file(path, "suite file"))
+    except ConfigError as exc:
+        raise SuiteError(str(exc)) from None
     except yaml.YAMLError as exc:
-        raise SuiteError(f"suite file {str(path)!r} is not valid YAML: {exc}") from exc
+        raise SuiteError(f"suite file {str(path)!r} is not valid YAML: {exc}") from None
     if not isinstance(data, dict) or not isinstance(data.get("tasks"), list) or not data["tasks"]:
         raise SuiteError(f"suite file {str(path)!r} must be a mapping with a non-empty `tasks:` list")
     unknown = set(data) - {"name", "description", "tasks"}

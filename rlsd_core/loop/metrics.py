@@ -9,7 +9,7 @@ are written). Keys (docs/training.md lists them all):
   per task: accuracy/<task>, lambda/<task>, eps_w/<task>, verdict/<task>/<category>,
       cache_hit_rate/<task>, clip_low_frac/<task>, clip_high_frac/<task>, clip_frac/<task>,
       delta_abs_mean/<task>
-  leakage_count
+  leakage_count, leakage_prompt_count
   the update's: loss, pg_loss, pg_clipfrac, ratio_*, approx_kl, grad_norm, optimizer_steps, ...
   teacher_synced, lr, time/<stage>_s
 """
@@ -97,6 +97,17 @@ def leakage_count(batch: StepBatch, out: Rollout, credit: Credit) -> int:
                for i, text in enumerate(out.texts))
 
 
+def leakage_prompt_count(parts: Parts, batch: StepBatch, credit: Credit) -> int:
+    """Rows whose student prompt already holds what only the teacher should see (e.g. a task
+    template that shows the hint): every response of such a row is trained on a leaked prompt.
+    Injectors get a copy of the row, so they cannot cause it; this counts the other routes."""
+    tok, G = parts.tokenizer, batch.group_size
+    return sum(bool(credit.privileged[r * G]) and
+               bool(leakage(tok.decode(prompt_ids, skip_special_tokens=True),
+                            credit.privileged[r * G], row["prompt"]))
+               for r, (row, prompt_ids) in enumerate(zip(batch.rows, batch.prompt_ids)))
+
+
 def step_metrics(parts: Parts, batch: StepBatch, out: Rollout, verified: Verified, credit: Credit,
                  train_stats: dict, synced: bool, times: dict[str, float]) -> tuple[dict, dict]:
     """(the step's metrics, each task's diagnostics)."""
@@ -115,6 +126,7 @@ def step_metrics(parts: Parts, batch: StepBatch, out: Rollout, verified: Verifie
     per_task_metrics, per_task = task_metrics(parts, batch, verified, credit, eps_w)
     m.update(per_task_metrics)
     m["leakage_count"] = leakage_count(batch, out, credit)
+    m["leakage_prompt_count"] = leakage_prompt_count(parts, batch, credit)
     m.update(train_stats)
     m["teacher_synced"] = int(synced)
     m["lr"] = parts.optimizer.param_groups[0]["lr"]

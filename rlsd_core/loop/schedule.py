@@ -11,11 +11,13 @@ scheduler its task's.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 import torch
 
+from ..plugins import PluginError
 from ..records import Magnitude
 
 
@@ -28,8 +30,19 @@ class ScheduleSlot:
     diagnostics: dict | None = None
 
     def __call__(self, step: int) -> Magnitude:
+        """The scheduler's magnitude for `step`, checked: a NaN lambda would make every
+        advantage NaN, so anything but finite 0 <= lam <= 1 and eps_w >= 0 stops the run with
+        an error naming the scheduler."""
         mag = self.scheduler(step, self.diagnostics)
-        return Magnitude(float(mag.lam), float(mag.eps_w))
+        try:
+            lam, eps_w = float(mag.lam), float(mag.eps_w)
+        except (AttributeError, TypeError, ValueError):
+            raise PluginError(f"scheduler {self.name!r} returned {mag!r} at step {step}; a "
+                              f"scheduler returns rlsd_core.Magnitude(lam, eps_w)") from None
+        if not (math.isfinite(lam) and math.isfinite(eps_w) and 0.0 <= lam <= 1.0 and eps_w >= 0):
+            raise PluginError(f"scheduler {self.name!r} returned lam={lam!r}, eps_w={eps_w!r} at "
+                              f"step {step}; lam must be in [0, 1] and eps_w >= 0, both finite")
+        return Magnitude(lam, eps_w)
 
     def state_dict(self) -> dict:
         # A scheduler with state offers state_dict/load_state_dict (the hook's documented
