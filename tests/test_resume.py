@@ -121,8 +121,9 @@ def test_sigkill_mid_step_then_resume_continues_as_if_never_stopped(tmp_path, en
 
 
 def test_interrupted_save_leaves_no_visible_checkpoint(tmp_path, monkeypatch):
-    """A save that dies half-way (here: the state file write raises) leaves only a hidden
-    temporary directory: `latest` ignores it and the next save or resume deletes it."""
+    """A save that fails half-way (here: the state file write raises) deletes its own temporary
+    directory; one that a SIGKILL cut short leaves it hidden: `latest` ignores it and the next
+    save or resume deletes it."""
     from rlsd_core import loop as T
     from rlsd_core.config import build_config
 
@@ -142,8 +143,11 @@ def test_interrupted_save_leaves_no_visible_checkpoint(tmp_path, monkeypatch):
             checkpoint.save(run, 2, keep=2)
         monkeypatch.undo()
         assert checkpoint.latest(run.parts.run_dir) == first
-        hidden = [p for p in (run.parts.run_dir / "checkpoints").iterdir() if p.name.startswith(".")]
-        assert hidden, "the interrupted save leaves its temporary directory hidden"
+        root = run.parts.run_dir / "checkpoints"
+        assert not [p for p in root.iterdir() if p.name.startswith(".")], "a failed save cleans up"
+        # What a SIGKILL mid-save leaves: a hidden, partial copy.
+        (root / f".step-000002.tmp-{__import__('os').getpid()}").mkdir()
+        hidden = [p for p in root.iterdir() if p.name.startswith(".")]
         # A half-written metrics line and lines past the checkpoint are dropped on restore.
         (run.parts.run_dir / "metrics.jsonl").write_text('{"step": 0}\n{"step": 1}\n{"step": 2}\n{"st')
         # Another process's leftovers are deleted; simulate by renaming to a foreign pid.

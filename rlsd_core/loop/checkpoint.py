@@ -17,7 +17,15 @@ checkpointed step, and the loop continues at step k+1.
 Atomicity: everything is written into a hidden `.step-<k>.tmp-<pid>` directory, fsynced, and
 renamed to `step-<k>` in one `os.replace`. A killed run therefore leaves either a complete
 checkpoint or a hidden temporary directory that `latest()` never picks and the next save or
-resume deletes. Only the newest `keep` checkpoints are kept.
+resume deletes; a save that fails (a full disk, Ctrl-C) deletes its own. Only the newest `keep`
+checkpoints are kept, pruned only after the new one is complete: each is first renamed to a
+hidden `.step-<k>.del-<pid>` (atomic) and then deleted, so a kill during pruning never leaves a
+half-deleted `step-<k>` that looks complete.
+
+Damage: `intact(path)` checks a checkpoint without loading it (its files exist, the state file's
+zip directory and each safetensors header are readable and the files are as long as their
+headers say). `latest()` and `--resume` skip damaged checkpoints and fall back to the newest
+intact one (a truncated file from a disk that filled up, a copy that was cut short).
 
 Why the resumed metrics equal the uninterrupted run's: the rows of step k, the rollout seed and
 the mini-batch shuffle are functions of (seed, k) only (the data position is the step), and
@@ -32,12 +40,14 @@ import os
 import random
 import re
 import shutil
+import zipfile
 from pathlib import Path
 
 import torch
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.pt"
+WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 FORMAT = 2
 _NAME = re.compile(r"^step-(\d{6,})$")
 
@@ -110,23 +120,89 @@ def trainer_state(run, step: int) -> dict:
 
 
 def save(run, step: int, *, keep: int = 3) -> Path:
-    """Write checkpoint `step` atomically, then delete all but the newest `keep`."""
+    """Write checkpoint `step` atomically, then delete all but the newest `keep`. If anything
+    fails on the way (a full disk, Ctrl-C) the partial save is deleted and the exception goes
+    on: the checkpoints already there are untouched."""
     run_dir, model, tokenizer = run.parts.run_dir, run.parts.model, run.parts.tokenizer
     final = checkpoint_path(run_dir, step)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    torch.save(trainer_state(run, step), tmp / STATE_FILE)
-    _fsync_tree(tmp)
-    if final.exists():  # re-saving a step (a resumed run that saves the same step again)
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    try:
+        tmp.mkdir()
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        torch.save(trainer_state(run, step), tmp / STATE_FILE)
+        _fsync_tree(tmp)
+        if final.exists():  # re-saving a step (a resumed run that saves the same step again)
+            _remove(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # frees the space a full disk needs back
+        raise
     _fsync_dir(final.parent)
     prune(run_dir, keep)
     return final
+
+
+def _remove(path: Path) -> None:
+    """Delete a checkpoint so that no half-deleted `step-N` is ever visible: rename, then delete."""
+    doomed = path.with_name(f".{path.name}.del-{os.getpid()}")
+    os.replace(path, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    """None if the file's header parses and the file is as long as the header says."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            if len(head) < 8:
+                return f"{path.name} is truncated ({size} bytes)"
+            n = int.from_bytes(head, "little")
+            if n <= 0 or n > min(size - 8, 100 << 20):
+                return f"{path.name} has a damaged header"
+            header = json.loads(fh.read(n))
+    except (OSError, ValueError) as exc:
+        return f"{path.name} cannot be read ({exc})"
+    ends = [v["data_offsets"][1] for k, v in header.items()
+            if k != "__metadata__" and isinstance(v, dict) and "data_offsets" in v]
+    if ends and 8 + n + max(ends) > size:
+        return f"{path.name} is truncated ({size} of {8 + n + max(ends)} bytes)"
+    return None
+
+
+def intact(path: Path) -> str | None:
+    """None when checkpoint directory `path` is complete and undamaged, else what is wrong.
+    Reads headers only (no tensor is loaded)."""
+    path = Path(path)
+    state = path / STATE_FILE
+    if not state.is_file() or not (path / "config.json").is_file():
+        return f"{path.name} lacks {STATE_FILE} or config.json"
+    try:
+        with zipfile.ZipFile(state) as zf:  # torch.save writes a zip; a cut file has no directory
+            if not zf.namelist():
+                return f"{STATE_FILE} is empty"
+        json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        return f"{STATE_FILE} or config.json is damaged ({exc})"
+    weights = [path / w for w in WEIGHTS if (path / w).is_file()]
+    if not weights:
+        return f"{path.name} has no model weights"
+    if weights[0].name == "model.safetensors.index.json":
+        try:
+            shards = set(json.loads(weights[0].read_text(encoding="utf-8"))["weight_map"].values())
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            return f"{weights[0].name} is damaged ({exc})"
+        for shard in sorted(shards):
+            problem = _safetensors_problem(path / shard)
+            if problem:
+                return problem
+        return None
+    if weights[0].suffix == ".safetensors":
+        return _safetensors_problem(weights[0])
+    return None
 
 
 def complete(run_dir: Path) -> list[tuple[int, Path]]:
@@ -142,42 +218,97 @@ def complete(run_dir: Path) -> list[tuple[int, Path]]:
     return sorted(out)
 
 
+def newest_intact(run_dir: Path) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """The newest intact checkpoint of a run, and the newer ones skipped as damaged (with what
+    is wrong with each)."""
+    damaged = []
+    for _step, path in reversed(complete(run_dir)):
+        problem = intact(path)
+        if problem is None:
+            return path, damaged
+        damaged.append((path, problem))
+    return None, damaged
+
+
 def latest(run_dir: Path) -> Path | None:
-    found = complete(run_dir)
-    return found[-1][1] if found else None
+    """The newest intact checkpoint (damaged ones are skipped), or None."""
+    return newest_intact(run_dir)[0]
 
 
-def resume_point(run_dir: str | Path) -> tuple[Path, Path, Path]:
-    """(run directory, its config.yaml, its newest complete checkpoint) for `--resume RUN_DIR`."""
+def resume_point(run_dir: str | Path, on_skip=None) -> tuple[Path, Path, Path]:
+    """(run directory, its config.yaml, its newest intact checkpoint) for `--resume RUN_DIR`.
+    Damaged newer checkpoints are skipped; `on_skip(path, problem)` hears of each."""
     run_dir = Path(run_dir).expanduser()
     config = run_dir / "config.yaml"
     if not config.is_file():
         raise CheckpointError(f"--resume {str(run_dir)!r}: no config.yaml there; give the run "
                               f"directory that `rlsd train` printed")
-    ckpt = latest(run_dir)
+    drop_temporaries(run_dir)  # stale leftovers of killed saves: before anything else writes
+    ckpt, damaged = newest_intact(run_dir)
+    for path, problem in damaged:
+        if on_skip is not None:
+            on_skip(path, problem)
     if ckpt is None:
-        raise CheckpointError(f"--resume {str(run_dir)!r}: no complete checkpoint in "
-                              f"{run_dir / CHECKPOINTS}; runs checkpoint every `checkpoint_every` "
-                              f"steps (0 = only at the end), so this run stopped before its first")
+        what = (f"every checkpoint there is damaged ({damaged[0][1]})" if damaged else
+                "no complete checkpoint there; runs checkpoint every `checkpoint_every` steps "
+                "(0 = only at the end), so this run stopped before its first")
+        raise CheckpointError(f"--resume {str(run_dir)!r}: {what}; start the run again")
     return run_dir, config, ckpt
 
 
 def prune(run_dir: Path, keep: int) -> None:
     """Keep the newest `keep` complete checkpoints; delete leftovers of interrupted saves."""
     for _step, path in complete(run_dir)[:-keep] if keep > 0 else []:
-        shutil.rmtree(path, ignore_errors=True)
+        _remove(path)
     drop_temporaries(run_dir)
 
 
 def drop_temporaries(run_dir: Path) -> None:
-    """Delete the hidden directories of saves that a kill interrupted (not this process's own)."""
+    """Delete the hidden directories of saves that a kill interrupted (not this process's
+    running save) and of prunes that a kill interrupted."""
     root = Path(run_dir) / CHECKPOINTS
     if root.is_dir():
         for p in root.iterdir():
-            if p.name.startswith(".step-") and ".tmp-" in p.name:
-                pid = p.name.rsplit("-", 1)[-1]
-                if pid != str(os.getpid()):
-                    shutil.rmtree(p, ignore_errors=True)
+            if not p.name.startswith(".step-"):
+                continue
+            if ".del-" in p.name or (".tmp-" in p.name and p.name.rsplit("-", 1)[-1] != str(os.getpid())):
+                shutil.rmtree(p, ignore_errors=True)
+
+
+def config_changes(saved: dict, new: dict, prefix: str = "") -> list[str]:
+    """'key: old -> new' for every leaf that differs between two config dumps (tasks compared
+    as a whole)."""
+    out = []
+    for key in sorted(set(saved) | set(new)):
+        a, b = saved.get(key), new.get(key)
+        dotted = prefix + key
+        if isinstance(a, dict) and isinstance(b, dict) and key not in ("options", "engine_options"):
+            out += config_changes(a, b, dotted + ".")
+        elif a != b:
+            out.append(f"{dotted}: {a!r} -> {b!r}" if key != "tasks" else "tasks (the task list)")
+    return out
+
+
+def check_resume(saved_cfg, cfg, registry) -> list[str]:
+    """Before any model loads: raise CheckpointError when `cfg` cannot continue a run trained
+    with `saved_cfg` (restore would fail after loading everything); return the other changed
+    settings (the caller warns: the run continues with the new values)."""
+    problems = []
+    if [t.name for t in saved_cfg.tasks] != [t.name for t in cfg.tasks]:
+        problems.append(f"the run trained tasks {[t.name for t in saved_cfg.tasks]}, the flags "
+                        f"give {[t.name for t in cfg.tasks]}")
+    own = lambda c: sorted(t.name for t in c.tasks if t.scheduler is not None)  # noqa: E731
+    if own(saved_cfg) != own(cfg):
+        problems.append(f"tasks with their own scheduler: {own(saved_cfg)} then, {own(cfg)} now")
+    teacher = lambda c: registry.objective(c.algo.loss).teacher != "never"  # noqa: E731
+    if teacher(saved_cfg) != teacher(cfg):
+        problems.append(f"algo.loss {saved_cfg.algo.loss!r} -> {cfg.algo.loss!r} adds or drops the "
+                        f"teacher the checkpoint {'has' if teacher(saved_cfg) else 'lacks'}")
+    if problems:
+        raise CheckpointError("cannot resume with these settings: " + "; ".join(problems)
+                              + ". Resume without the conflicting flags, or start a new run")
+    changes = config_changes(saved_cfg.model_dump(mode="json"), cfg.model_dump(mode="json"))
+    return [c for c in changes if not c.startswith(("steps:", "output_dir:"))]
 
 
 def _trim_jsonl(path: Path, last_step: int) -> None:
@@ -224,9 +355,16 @@ def restore(run, path: Path) -> int:
     state_file = path / STATE_FILE
     if not state_file.is_file():
         raise CheckpointError(f"{path} is not a complete checkpoint (no {STATE_FILE})")
+    problem = intact(path)
+    if problem is not None:
+        raise CheckpointError(f"{path} is damaged: {problem}")
     # Everything to the CPU first: the RNG states must stay there, and the optimizer and teacher
     # copy their tensors onto the parameters' device when they load.
-    state = torch.load(state_file, map_location="cpu", weights_only=False)
+    try:
+        state = torch.load(state_file, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - a damaged file that passed the header checks
+        raise CheckpointError(f"{state_file} cannot be loaded ({type(exc).__name__}: {exc}); "
+                              f"resume from an older checkpoint (delete this one)") from None
     if state.get("format") == 1:
         state = upgrade_v1(state)
     if state.get("format") != FORMAT:

@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 
 from ..config import TrainConfig
+from ..data import json_safe
+from ..data.files import write_text_atomic
 from ..plugins import PluginManager
 from . import checkpoint
 from .evaluation import evaluate_task
@@ -95,11 +97,15 @@ def train(cfg: TrainConfig, pm: PluginManager | None = None, *, reporter: Report
     try:
         if resume is not None:
             start = checkpoint.restore(run, resume)  # trims the logs; sets info.start_step
+        # Only now, and atomically: a resume that fails must leave the run's own config.yaml
+        # as it was, or a plain `--resume` afterwards would fail too.
+        write_text_atomic(run.parts.run_dir / "config.yaml", cfg.to_yaml())
         events.before_run()
         run_steps(run, start)
         checkpoint.save(run, cfg.steps, keep=cfg.checkpoint_keep)
         summary = summarize(run, time.perf_counter() - started)
-        (run.parts.run_dir / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
+        write_text_atomic(run.parts.run_dir / "summary.json",
+                          json.dumps(json_safe(summary), indent=1, allow_nan=False))
         events.after_run(summary)
         return summary
     except BaseException as exc:
