@@ -10,16 +10,23 @@ only wires them together, so a command never grows into the others.
   rlsd train ...                   the training loop (cli/train.py)
   rlsd eval CHECKPOINT --suite S   held-out accuracy and pass@k (cli/eval.py)
 `python -m rlsd_core.cli ...` is the same command (cli/__main__.py).
+
+Errors: `main` runs every command inside one handler (cli/errors.py): a user's mistake is one or
+two lines and exit 2, Ctrl-C or SIGTERM a clean stop and exit 130, a bug a traceback with a
+request to report it; `rlsd --debug ...` shows tracebacks for everything.
 """
 
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import importlib
+import signal
 import sys
+import threading
 
 from .. import __version__
-from ..plugins import PluginError
+from .errors import handled
 
 # Each module exposes register(subparsers); listed in the order `rlsd --help` shows them.
 COMMAND_MODULES = ("rlsd_core.cli.plugins", "rlsd_core.cli.new_plugin", "rlsd_core.cli.verify",
@@ -30,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rlsd", description="RL with verifiable rewards + self-distillation, with reward plugins.")
     parser.add_argument("--version", action="version", version=f"rlsd {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the Python traceback of every error (also RLSD_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         try:
@@ -39,7 +48,14 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         module.register(sub)
+    for command in sub.choices.values():  # `rlsd verify --debug ...` works too
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                             help="show the Python traceback of every error")
     return parser
+
+
+def _terminate(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM stops as cleanly as Ctrl-C: temp files go, workers too
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,11 +64,22 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    result = [0]
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _terminate)
+    if not faulthandler.is_enabled():
+        try:  # a segfault in native code (a verifier's C extension) still names where it was
+            faulthandler.enable()
+        except (ValueError, OSError, AttributeError):
+            pass
     try:
-        return int(args.func(args) or 0)
-    except PluginError as exc:
-        print(f"rlsd: plugin error: {exc}", file=sys.stderr)
-        return 2
+        with handled(args.command, args.debug, result):
+            result[0] = int(args.func(args) or 0)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    return result[0]
 
 
 if __name__ == "__main__":

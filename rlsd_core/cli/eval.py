@@ -9,14 +9,24 @@ held-out rows (the same split a training run with the same seed holds out) -> th
 
 Greedy accuracy is always reported; pass@k needs `--samples N` (N >= the largest k) sampled
 responses per problem at `--temperature`.
+
+A run directory (runs/<run>) means its newest intact checkpoint. A checkpoint that is damaged
+(cut short by a full disk or a kill) is not loaded: the newest intact checkpoint beside it is
+evaluated instead, with a line saying so (the JSON's `resolved` names what was evaluated).
+Everything but the model is checked before the model loads, the verifiers started included.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
+
+from ..data.files import atomic_output, check_writable
+from ..data.jsonl import json_safe
+from .errors import UsageError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "or an installed task source")
     parser.add_argument("--samples", type=int, default=0, metavar="N",
                         help="sampled responses per problem for pass@k (default 0: greedy only)")
-    parser.add_argument("--k", default="1", metavar="K[,K...]",
+    parser.add_argument("--k", default=None, metavar="K[,K...]",
                         help="pass@k values, comma-separated (default 1; needs --samples >= k)")
     parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature for pass@k")
     parser.add_argument("--max-new-tokens", type=int, default=None,
@@ -52,8 +62,59 @@ def _checkpoint_config(model: str) -> dict:
     path = Path(model).expanduser()
     for candidate in (path / "config.yaml", path.parent.parent / "config.yaml"):
         if path.is_dir() and candidate.is_file() and (path / "trainer_state.pt").is_file():
-            return yaml.safe_load(candidate.read_text(encoding="utf-8")) or {}
+            try:
+                return yaml.safe_load(candidate.read_text(encoding="utf-8")) or {}
+            except (yaml.YAMLError, UnicodeDecodeError):
+                return {}  # defaults then; the model itself is what is evaluated
     return {}
+
+
+def parse_ks(text: str | None, samples: int) -> list[int]:
+    """The pass@k values, each one computable from `samples` responses per problem."""
+    if samples < 0:
+        raise UsageError(f"--samples {samples}: give 0 (greedy only) or a positive count")
+    try:
+        ks = [int(k) for k in (text or "1").split(",") if k.strip()]
+    except ValueError:
+        raise UsageError(f"--k {text!r}: expected positive integers like 1,5,10") from None
+    if not ks or min(ks) < 1:
+        raise UsageError(f"--k {text!r}: every k must be a positive integer (pass@k draws k samples)")
+    if text is not None and not samples:
+        raise UsageError(f"--k {text}: pass@k needs sampled responses; add --samples N with "
+                         f"N >= {max(ks)}")
+    if samples and max(ks) > samples:
+        raise UsageError(f"pass@{max(ks)} needs --samples >= {max(ks)} (got {samples})")
+    return ks
+
+
+def pick_checkpoint(model: str) -> str:
+    """`model`, or for a run directory its newest intact checkpoint, or for a damaged checkpoint
+    the newest intact one beside it (with a line saying so)."""
+    from pathlib import Path
+
+    path = Path(model).expanduser()
+    if not path.is_dir():
+        return model
+    from ..loop.checkpoint import CHECKPOINTS, STATE_FILE, CheckpointError, intact, newest_intact
+
+    if (path / CHECKPOINTS).is_dir():  # a run directory
+        found, damaged = newest_intact(path)
+        for skipped, problem in damaged:
+            print(f"rlsd eval: skipping damaged checkpoint {skipped.name} ({problem})", file=sys.stderr)
+        if found is None:
+            raise CheckpointError(f"{model}: no intact checkpoint in {path / CHECKPOINTS}")
+        return str(found)
+    if not (path / STATE_FILE).exists() or path.parent.name != CHECKPOINTS:
+        return model  # a plain model directory
+    problem = intact(path)
+    if problem is None:
+        return model
+    found, _damaged = newest_intact(path.parent.parent)
+    if found is None:
+        raise CheckpointError(f"{model} is damaged ({problem}) and no intact checkpoint is beside it")
+    print(f"rlsd eval: {path.name} is damaged ({problem}); evaluating {found.name}, the newest "
+          f"intact checkpoint of the run", file=sys.stderr)
+    return str(found)
 
 
 def results_table(results: dict):
@@ -77,38 +138,41 @@ def run_eval(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from pydantic import ValidationError
+
     from ..config import ConfigError, TaskConfig
-    from ..data import load_task, suite_tasks
-    from ..models import ModelSpecError, resolve_model
-    from ..plugins import UnknownNameError, get_plugin_manager
-    from ..records import TaskError
+    from ..data import load_task, source_defaults, suite_tasks
+    from ..models import resolve_model
+    from ..plugins import get_plugin_manager
+    from ..records import check_options
     from ..rewards import build_scorer
 
     err = Console(file=sys.stderr, width=max(120, Console(file=sys.stderr).width))
-    try:
-        ks = [int(k) for k in str(args.k).split(",") if k.strip()]
-    except ValueError:
-        print(f"rlsd eval: --k {args.k!r}: expected integers like 1,5,10", file=sys.stderr)
-        return 2
-    if args.samples and max(ks) > args.samples:
-        print(f"rlsd eval: pass@{max(ks)} needs --samples >= {max(ks)} (got {args.samples})",
-              file=sys.stderr)
-        return 2
-    saved = _checkpoint_config(args.model)
+    ks = parse_ks(args.k, args.samples)
+    for flag, value in (("--temperature", args.temperature), ("--max-new-tokens", args.max_new_tokens),
+                        ("--limit", args.limit)):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise UsageError(f"{flag} {value}: give a finite number > 0")
+    model = pick_checkpoint(args.model)
+    saved = _checkpoint_config(model)
     seed = args.seed if args.seed is not None else int(saved.get("seed", 0))
     max_new = args.max_new_tokens or int(saved.get("eval", {}).get("max_new_tokens", 256))
     pm = get_plugin_manager()
+    # Everything about the suite is checked, and its rows built, before the model loads.
+    entries = suite_tasks(args.suite, pm.registry)
+    if args.limit:
+        entries = [{**e, "eval_size": min(e.get("eval_size", 100), args.limit)} for e in entries]
     try:
-        # Everything about the suite is checked, and its rows built, before the model loads.
-        entries = suite_tasks(args.suite, pm.registry)
-        if args.limit:
-            entries = [{**e, "eval_size": min(e.get("eval_size", 100), args.limit)} for e in entries]
         cfgs = [TaskConfig.model_validate(e) for e in entries]
-        tasks = [load_task(c, pm.registry, seed=seed) for c in cfgs]
-        path = resolve_model(args.model)
-    except (ConfigError, TaskError, UnknownNameError, ModelSpecError, ValueError) as exc:
-        print(f"rlsd eval: {exc}", file=sys.stderr)
-        return 2
+    except ValidationError as exc:
+        raise ConfigError(f"suite {args.suite!r}: {exc}") from None
+    for i, c in enumerate(cfgs):
+        check_options(pm.registry.verifier(source_defaults(c, pm.registry)[0]), c.verifier_options,
+                      f"tasks[{i}].verifier_options")
+    tasks = [load_task(c, pm.registry, seed=seed) for c in cfgs]
+    path = resolve_model(model)
+    if args.json and args.json != "-":
+        check_writable(args.json)  # before any work, not after an hour of sampling
 
     import torch
     from transformers.utils import logging as hf_logging
@@ -149,14 +213,15 @@ def run_eval(args: argparse.Namespace) -> int:
         engine.close()
     results["seconds"] = round(time.perf_counter() - started, 1)
     table = results_table(results)
+    text = json.dumps(json_safe(results), indent=1, allow_nan=False)
     if args.json == "-":
         err.print(table)
-        print(json.dumps(results, indent=1))
+        print(text)
     else:
         Console(width=max(120, Console().width)).print(table)
         if args.json:
-            with open(args.json, "w", encoding="utf-8") as fh:
-                json.dump(results, fh, indent=1)
+            with atomic_output(args.json) as fh:
+                fh.write(text)
     return 0
 
 

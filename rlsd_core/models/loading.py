@@ -4,13 +4,38 @@ evaluation, teacher checks): left padding (prompts are left-padded for generatio
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from .specs import ModelSpecError
+
 DTYPES = ("auto", "float32", "bfloat16")
+
+
+def _cannot_load(what: str, path: str, exc: BaseException) -> ModelSpecError:
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    if not Path(path).exists():
+        fix = ("a hub id must be in the local Hugging Face cache or reachable (HF_HUB_OFFLINE=1 "
+               "uses the cache only): download it first (hf download ID), or give a model directory")
+    else:
+        fix = ("the files are missing or damaged (cut short by a full disk or an interrupted copy?): "
+               "use another checkpoint or copy the model again")
+    return ModelSpecError(f"cannot load the {what} of {path!r}: {first}; {fix}")
+
+
+def _is_load_error(exc: BaseException) -> bool:
+    # safetensors raises its own SafetensorError (an Exception) for a truncated file
+    return isinstance(exc, (OSError, ValueError)) or type(exc).__name__ == "SafetensorError"
 
 
 def load_tokenizer(path: str):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except Exception as exc:  # noqa: BLE001 - filtered just below
+        if not _is_load_error(exc):
+            raise
+        raise _cannot_load("tokenizer", path, exc) from exc
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -29,4 +54,9 @@ def torch_dtype(name: str):
 def load_model(path: str, dtype: str = "auto"):
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(dtype))
+    try:
+        return AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(dtype))
+    except Exception as exc:  # noqa: BLE001 - filtered just below
+        if not _is_load_error(exc):
+            raise
+        raise _cannot_load("model", path, exc) from exc
