@@ -163,9 +163,11 @@ def run_train(args: argparse.Namespace) -> int:
     from ..loop.run import check_environment, resolve_run_dir
     check_environment(cfg)
     if args.check:
-        from ..data import load_task
-        for task in cfg.tasks:  # the rows too (columns, templates, data files): all but the model
-            load_task(task, pm.registry, seed=cfg.seed)
+        from ..data import TeacherPrompts, load_task
+        # the rows too (columns, templates, data files) and each injector once: all but the model
+        tasks = [load_task(task, pm.registry, seed=cfg.seed) for task in cfg.tasks]
+        TeacherPrompts(tasks, {t.injector: pm.registry.injector(t.injector) for t in tasks},
+                       tokenizer=None).dry_run()
         console.print("config OK")
         return 0
     if run_dir is None:  # created now: a path that cannot be a directory fails before any work

@@ -57,6 +57,14 @@ class TeacherPrompts:
         ids = self.tokenizer.encode(text, add_special_tokens=False)
         return text if len(ids) <= n else self.tokenizer.decode(ids[:n])
 
+    def dry_run(self) -> None:
+        """Build the teacher messages of each task's first training row, before any model
+        loads (no tokenizer needed: injectors then budget hints by characters): an injector
+        that raises or returns the wrong type fails the run in seconds, not after a warm-up."""
+        for name, task in self._tasks.items():
+            if task.train:
+                self.messages(name, task.train[0])
+
     def messages(self, task_name: str, row: Mapping[str, Any], **ctx_fields) -> list[dict]:
         """The injector's messages for `row`. The injector gets its own deep copy of the row (and
         of its options), so nothing it writes reaches the student's prompt or the next call. An
@@ -65,8 +73,10 @@ class TeacherPrompts:
         task = self._tasks[task_name]
         record = self._injectors[task_name]
         mine = copy.deepcopy(dict(row))
+        known = self.tokenizer is not None
         ctx = InjectorContext(options=copy.deepcopy(task.injector_options),
-                              count_tokens=self.count_tokens, truncate_tokens=self.truncate_tokens,
+                              count_tokens=self.count_tokens if known else None,
+                              truncate_tokens=self.truncate_tokens if known else None,
                               **ctx_fields)
         try:
             out = record.fn(mine, student_messages(mine), ctx)

@@ -175,6 +175,7 @@ def setup(cfg: TrainConfig, pm: PluginManager | None = None, *, reporter: Report
     schedule = Schedule.from_config(cfg, registry)
     objective = registry.objective(cfg.algo.loss)
     check_environment(cfg)
+    TeacherPrompts(tasks, injectors, tokenizer=None).dry_run()
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
