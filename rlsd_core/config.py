@@ -15,6 +15,7 @@ Every field has a default and a description; `rlsd train --help` is generated fr
 from __future__ import annotations
 
 import difflib
+import math
 import types
 import typing
 from pathlib import Path
@@ -375,8 +376,15 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             if first != key_node.start_mark.line + 1:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"key {key!r} appears twice (lines {first} and "
-                                f"{key_node.start_mark.line + 1}); keep one", key_node.start_mark)
+                                f"{key_node.start_mark.line + 1}); keep one", None)
         return super().construct_mapping(node, deep=deep)
+
+
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """A YAML error in one line: what and where (PyYAML's own text spans several)."""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    mark = getattr(exc, "problem_mark", None)
+    return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark else problem
 
 
 def read_yaml_text(text: str) -> Any:
@@ -402,7 +410,7 @@ def load_yaml(path: str | Path) -> dict:
     try:
         data = read_yaml_text(read_text_file(p, "config file"))
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {str(p)!r} is not valid YAML: {exc}") from None
+        raise ConfigError(f"config file {str(p)!r} is not valid YAML: {yaml_problem(exc)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -499,7 +507,15 @@ def format_errors(exc: ValidationError) -> str:
         got = err.get("input")
         shown = "" if isinstance(got, dict) else f" (got {got!r})"
         lines.append(f"{where}: {err['msg']}{shown}")
-    return "invalid config:\n  " + "\n  ".join(lines) + "\nSee `rlsd train --help` for every field."
+    return invalid(lines, "see `rlsd train --help` for every field")
+
+
+def invalid(problems: list[str], hint: str = "") -> str:
+    """One problem: one line; several: one line each under a heading."""
+    tail = f" ({hint})" if hint else ""
+    if len(problems) == 1:
+        return f"invalid config: {problems[0]}{tail}"
+    return "invalid config:\n  " + "\n  ".join(problems) + (f"\n{hint[0].upper()}{hint[1:]}." if hint else "")
 
 
 # --- plugin names --------------------------------------------------------------------------------
@@ -520,12 +536,24 @@ def check_plugins(cfg: TrainConfig, registry) -> None:
     def try_scheduler(section, where: str) -> None:
         """The scheduler must exist and accept its options (built once, then dropped)."""
         rec = need("scheduler", section.name, f"{where}.name")
-        if rec is not None:
-            try:
-                rec.fn(**section.options)
-            except (TypeError, ValueError) as exc:
-                problems.append(f"{where}.options: scheduler {section.name!r} rejects "
-                                f"{section.options!r}: {exc}")
+        if rec is None:
+            return
+        try:
+            scheduler = rec.fn(**section.options)
+        except (TypeError, ValueError) as exc:
+            problems.append(f"{where}.options: scheduler {section.name!r} rejects "
+                            f"{section.options!r}: {exc}")
+            return
+        try:  # a throwaway instance's first step: NaN or a wrong type fails now, not at step 1
+            mag = scheduler(1, None)
+            lam, eps_w = float(mag.lam), float(mag.eps_w)
+        except Exception as exc:  # noqa: BLE001 - reported with the scheduler's name
+            problems.append(f"{where}: scheduler {section.name!r} fails at step 1: "
+                            f"{type(exc).__name__}: {exc}")
+            return
+        if not (math.isfinite(lam) and math.isfinite(eps_w) and 0 <= lam <= 1 and eps_w >= 0):
+            problems.append(f"{where}: scheduler {section.name!r} returns lam={lam!r}, "
+                            f"eps_w={eps_w!r} at step 1; lam must be in [0, 1] and eps_w >= 0")
 
     def try_options(record, options, where: str) -> None:
         """The plugin's declared options (rlsd_core.check_options), before any row is scored."""
@@ -555,4 +583,4 @@ def check_plugins(cfg: TrainConfig, registry) -> None:
     try_scheduler(cfg.scheduler, "scheduler")
     need("objective", cfg.algo.loss, "algo.loss")
     if problems:
-        raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
+        raise ConfigError(invalid(problems))
