@@ -87,6 +87,27 @@ def same_file(a: Path, b: Path) -> bool:
         return False
 
 
+@contextlib.contextmanager
+def stdout_to_stderr():
+    """While verifiers run, whatever is written to stdout (print, or raw writes to fd 1 from an
+    in-process verifier's native code) goes to stderr: stdout carries only the JSONL."""
+    saved = None
+    try:
+        if sys.stdout.fileno() == 1 and sys.stderr.fileno() == 2:
+            sys.stdout.flush()
+            saved = os.dup(1)
+            os.dup2(2, 1)
+    except (AttributeError, OSError, ValueError):  # stdout is not a real file (a test's capture)
+        saved = None
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        if saved is not None:
+            os.dup2(saved, 1)
+            os.close(saved)
+
+
 def score_rows(runtime: VerifierRuntime, rows: list[dict], err: Console) -> list:
     verdicts = []
     with Progress(TextColumn(f"verifying with {runtime.record.name}"), BarColumn(),
@@ -119,8 +140,8 @@ def summary_table(record_name: str, verdicts: list, elapsed: float) -> Table:
 def summary_line(verdicts: list, elapsed: float) -> str:
     mean = sum(v.reward for v in verdicts) / len(verdicts)
     infra = sum(v.is_infra for v in verdicts)
-    return (f"mean reward {mean:.3f}; {infra} infrastructure fault(s) (infra: true, masked in "
-            f"training); {len(verdicts) / max(elapsed, 1e-9):.1f} rows/s, {elapsed:.2f} s")
+    return (f"mean reward {mean:.3f}; infrastructure faults (infra: true, masked in training): "
+            f"{infra}; {len(verdicts) / max(elapsed, 1e-9):.1f} rows/s, {elapsed:.2f} s")
 
 
 def run_verify(args: argparse.Namespace) -> int:
@@ -148,7 +169,7 @@ def run_verify(args: argparse.Namespace) -> int:
     try:
         with runtime, sink as out:
             start = time.perf_counter()
-            with contextlib.redirect_stdout(sys.stderr):  # in-process verifiers that print
+            with stdout_to_stderr():  # in-process verifiers that print
                 verdicts = score_rows(runtime, rows, err)
             elapsed = time.perf_counter() - start
             write_rows(out, rows, verdicts)

@@ -71,11 +71,13 @@ def atomic_output(path: str | Path, *, encoding: str = "utf-8") -> Iterator[IO[s
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(exc, OSError) and exc.filename is None and exc.errno is not None:
+            raise type(exc)(exc.errno, exc.strerror, str(path)) from exc  # say which file
         raise
     fsync_dir(path.parent)
 

@@ -31,7 +31,7 @@ from typing import Any, Mapping, Sequence
 import yaml
 from pydantic import ValidationError
 
-from ..config import ConfigError, TaskConfig, read_text_file, read_yaml_text
+from ..config import ConfigError, TaskConfig, read_text_file, read_yaml_text, yaml_problem
 from ..plugins import UnknownNameError
 from ..records import TaskError
 
@@ -136,7 +136,7 @@ def _read(path: Path) -> dict:
     except ConfigError as exc:
         raise SuiteError(str(exc)) from None
     except yaml.YAMLError as exc:
-        raise SuiteError(f"suite file {str(path)!r} is not valid YAML: {exc}") from None
+        raise SuiteError(f"suite file {str(path)!r} is not valid YAML: {yaml_problem(exc)}") from None
     if not isinstance(data, dict) or not isinstance(data.get("tasks"), list) or not data["tasks"]:
         raise SuiteError(f"suite file {str(path)!r} must be a mapping with a non-empty `tasks:` list")
     unknown = set(data) - {"name", "description", "tasks"}

@@ -245,7 +245,7 @@ def resume_point(run_dir: str | Path, on_skip=None) -> tuple[Path, Path, Path]:
                               f"directory that `rlsd train` printed")
     drop_temporaries(run_dir)  # stale leftovers of killed saves: before anything else writes
     ckpt, damaged = newest_intact(run_dir)
-    for path, problem in damaged:
+    for path, problem in damaged if ckpt is not None else ():
         if on_skip is not None:
             on_skip(path, problem)
     if ckpt is None:
