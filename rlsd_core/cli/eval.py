@@ -140,11 +140,10 @@ def run_eval(args: argparse.Namespace) -> int:
 
     from pydantic import ValidationError
 
-    from ..config import ConfigError, TaskConfig
-    from ..data import load_task, source_defaults, suite_tasks
+    from ..config import ConfigError, TaskConfig, TrainConfig, check_plugins
+    from ..data import load_task, suite_tasks
     from ..models import resolve_model
     from ..plugins import get_plugin_manager
-    from ..records import check_options
     from ..rewards import build_scorer
 
     err = Console(file=sys.stderr, width=max(120, Console(file=sys.stderr).width))
@@ -166,9 +165,8 @@ def run_eval(args: argparse.Namespace) -> int:
         cfgs = [TaskConfig.model_validate(e) for e in entries]
     except ValidationError as exc:
         raise ConfigError(f"suite {args.suite!r}: {exc}") from None
-    for i, c in enumerate(cfgs):
-        check_options(pm.registry.verifier(source_defaults(c, pm.registry)[0]), c.verifier_options,
-                      f"tasks[{i}].verifier_options")
+    # plugin names and every verifier's and injector's options, as for a training run
+    check_plugins(TrainConfig(tasks=cfgs), pm.registry)
     tasks = [load_task(c, pm.registry, seed=seed) for c in cfgs]
     path = resolve_model(model)
     if args.json and args.json != "-":

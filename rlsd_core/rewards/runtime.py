@@ -83,6 +83,7 @@ class VerifierRuntime:
         self._counters = Counters()
         self._pool: _Pool | None = None
         self._inline: InlineCaller | None = None
+        self._demote_lock = threading.Lock()
         self._closed = False
         if record.startup_check is not None:
             # Refuse here, loudly, rather than mask every sample later (e.g. no bubblewrap).
@@ -101,14 +102,18 @@ class VerifierRuntime:
         """An in_process record overran its deadline: from now on it runs in the worker pool,
         where deadlines are hard. A record that cannot be sent to a worker stays in process
         (each overrun then abandons one more helper thread)."""
-        try:
-            self._start_pool()
-        except ValueError:
-            return
+        with self._demote_lock:  # callers on several threads may overrun at once
+            if self._inline is None or self._pool is not None:
+                self._inline = None
+                return
+            try:
+                self._start_pool()
+            except ValueError:
+                return
+            self._inline = None
         warnings.warn(f"verifier {self.record.name!r} declares in_process=True but overran its "
                       f"{self.timeout:g} s deadline; rlsd runs it in worker processes from now on",
                       RuntimeWarning, stacklevel=3)
-        self._inline = None
 
     # -- scoring -----------------------------------------------------------------------------
     def score(self, completions: Sequence[Any], rows: Sequence[Mapping]) -> list[Verdict]:
