@@ -21,12 +21,16 @@ from __future__ import annotations
 import argparse
 import faulthandler
 import importlib
+import os
 import signal
 import sys
 import threading
+import warnings
 
 from .. import __version__
 from .errors import handled
+
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Each module exposes register(subparsers); listed in the order `rlsd --help` shows them.
 COMMAND_MODULES = ("rlsd_core.cli.plugins", "rlsd_core.cli.new_plugin", "rlsd_core.cli.verify",
@@ -73,10 +77,21 @@ def main(argv: list[str] | None = None) -> int:
             faulthandler.enable()
         except (ValueError, OSError, AttributeError):
             pass
+    show = warnings.showwarning
+
+    def one_line(message, category, filename, lineno, file=None, line=None):
+        # rlsd's own warnings (a verifier moved to worker processes, ...) in the error style
+        if filename.startswith(_PACKAGE_DIR):
+            print(f"rlsd {args.command}: warning: {message}", file=sys.stderr)
+        else:
+            show(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = one_line
     try:
         with handled(args.command, args.debug, result):
             result[0] = int(args.func(args) or 0)
     finally:
+        warnings.showwarning = show
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     return result[0]
