@@ -144,5 +144,5 @@ def test_rlsd_train_ends_with_a_message_naming_the_plugins(tmp_path):
     assert "Traceback" not in err, err[-3000:]
     assert "observer 'bad_cli' (distribution 'rlsd-bad-cli-plugin 0.1'" in err
     assert "KeyError in rlsd_after_step at step 1" in err and "disabled" in err
-    assert "rlsd: plugin error: task 'rev'" in err
+    assert "rlsd train: task 'rev'" in err, err[-2000:]
     assert "'always_crash' from distribution 'rlsd-bad-cli-plugin 0.1'" in err
