@@ -45,6 +45,8 @@ from pathlib import Path
 
 import torch
 
+from rlsd_core.data.files import fsync_dir
+
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.pt"
 WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
@@ -65,18 +67,8 @@ def _fsync_tree(path: Path) -> None:
         if p.is_file():
             with open(p, "rb") as fh:
                 os.fsync(fh.fileno())
-    _fsync_dir(path)
+    fsync_dir(path)
 
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class RngStates:
@@ -140,7 +132,7 @@ def save(run, step: int, *, keep: int = 3) -> Path:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # frees the space a full disk needs back
         raise
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
     prune(run_dir, keep)
     return final
 
