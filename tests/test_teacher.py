@@ -100,7 +100,10 @@ def test_memory_and_gradients_untouched(base):
     teacher = Teacher(policy)
     unique = {p.data_ptr(): p.numel() * p.element_size() for p in policy.parameters()}
     assert teacher.memory_bytes() == sum(unique.values())  # one copy; tied weights counted once
-    assert all(p.grad is None and not p.requires_grad for p in teacher.model.parameters())
+    assert all(p.grad is None for p in teacher.model.parameters())
+    # requires_grad stays the policy's (torch's matmul path depends on it; see Teacher._copy)
+    assert [p.requires_grad for p in teacher.model.parameters()] == [
+        p.requires_grad for p in policy.parameters()]
     assert all(p.grad is not None for p in policy.parameters())  # the trainer's grads survive
     assert not set(unique) & {p.data_ptr() for p in teacher.model.parameters()}
 

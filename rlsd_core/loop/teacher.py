@@ -4,7 +4,8 @@ In the data flow: the rollout engine samples responses to the STUDENT prompt; th
 the TEACHER prompt (question + privileged context); `Teacher.score(teacher_prompt_ids,
 response_ids, temperature=<rollout temperature>)` gives log P_T of the same sampled tokens, which
 the RLSD weights compare with the student's log P_S. Scoring runs under no_grad, in
-micro-batches, through `rlsd_core.models.token_logprobs`, the same forward the trainer uses.
+micro-batches, through `rlsd_core.models.token_logprobs`, the same forward the trainer uses, in
+the caller's precision (the loop: the training forward's autocast).
 
 Which weights score (algorithm.md, point 8):
 - "snapshot" (default): a frozen copy of the policy taken at construction (the initial policy),
@@ -13,8 +14,8 @@ Which weights score (algorithm.md, point 8):
 - "ema": a copy updated after every step: ema <- decay * ema + (1 - decay) * policy.
 
 Where the copy lives and what it costs: "snapshot" and "ema" hold one deep copy of the policy
-module (parameters and buffers) on the policy's device and in its dtype, with requires_grad off,
-no gradients and no optimizer state: one extra copy of the weights, i.e. parameter count x bytes
+module (parameters and buffers) on the policy's device and in its dtype, with no gradients and no
+optimizer state (requires_grad as the policy's, see `_copy`): one extra copy of the weights, i.e. parameter count x bytes
 per element (3.2 M x 4 B = 13 MB for the tiny fp32 model; 135 M x 4 B = 540 MB for SmolLM2-135M
 in fp32, 270 MB in bf16). "live" costs nothing. `memory_bytes()` reports the figure.
 """
@@ -56,7 +57,12 @@ class Teacher:
     @staticmethod
     def _copy(policy):
         # Deep copy keeps tied weights tied (deepcopy's memo) and the device/dtype; gradients
-        # and the autograd flag are dropped so the copy is inert.
+        # are dropped. The requires_grad flags stay the policy's: torch chooses its matmul path
+        # by them (at::matmul folds a non-contiguous [b, t, h] input, e.g. HF's logits_to_keep
+        # slice, differently when the weight requires grad), so a copy with the flag off scores
+        # the same tokens in other rounding (4.8e-7 nats on the tiny model) and a teacher equal
+        # to the policy would not give delta = 0. The copy still never gets a gradient: every
+        # teacher forward runs under no_grad and no optimizer holds its parameters.
         grads = {name: p.grad for name, p in policy.named_parameters()}
         try:
             for p in policy.parameters():
@@ -65,7 +71,6 @@ class Teacher:
         finally:
             for name, p in policy.named_parameters():
                 p.grad = grads[name]
-        clone.requires_grad_(False)
         clone.eval()
         return clone
 
@@ -107,9 +112,13 @@ class Teacher:
     # -- scoring ----------------------------------------------------------------------------
     def score(self, prompt_ids: list[list[int]], response_ids: list[list[int]], *,
               temperature: float, micro_batch: int = 16, pad_id: int | None = None,
-              return_logits: bool = False, return_entropy: bool = False) -> TokenScores:
+              return_logits: bool = False, return_entropy: bool = False,
+              share_prefix: bool | str = False) -> TokenScores:
         """Teacher log-probs of `response_ids[i]` after `prompt_ids[i]` (the teacher prompt), at
-        the rollout temperature, without gradient. Shapes as in TokenScores."""
+        the rollout temperature, without gradient. Shapes as in TokenScores; the arguments are
+        token_logprobs'. The precision is the caller's: the loop calls it inside the training
+        forward's autocast (rlsd_core.loop.stages.scoring_forward), so that a teacher equal to
+        the student scores exactly what pi_old does."""
         was_training = self.model.training
         self.model.eval()
         try:
@@ -117,7 +126,7 @@ class Teacher:
                 return token_logprobs(self.model, prompt_ids, response_ids,
                                       temperature=temperature, micro_batch=micro_batch,
                                       pad_id=pad_id, return_logits=return_logits,
-                                      return_entropy=return_entropy)
+                                      return_entropy=return_entropy, share_prefix=share_prefix)
         finally:
             self.model.train(was_training)
 
