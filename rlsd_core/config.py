@@ -180,6 +180,23 @@ class TeacherConfig(_Section):
     ema_decay: float = Field(0.99, gt=0, lt=1, description="EMA decay (mode ema).")
 
 
+class ScoringConfig(_Section):
+    micro_batch: int = Field(
+        32, ge=1, description="Sequences per no-grad scoring forward (pi_old, teacher, OPSD teacher "
+                              "logits): a chunk holds micro_batch x T x V logits, so this, not the "
+                              "rollout batch, sets their memory (docs/performance.md).")
+    share_prefix: AutoBool = Field(
+        "auto", description="Score each distinct prompt of a chunk once and its G responses "
+                            "against its cached keys/values (teacher and pi_old forwards): auto = "
+                            "when the model's cache allows it (full attention), else the plain "
+                            "forward.")
+    pi_old: Literal["auto", "rollout", "recompute"] = Field(
+        "auto", description="pi_old from the rollout engine's log-probs when they are provably the "
+                            "trainer's (HF engine on the training model, no autocast, no dropout, "
+                            "one PPO epoch; 'rollout' insists), else a no-grad student forward "
+                            "('recompute' always).")
+
+
 class OptimConfig(_Section):
     lr: float = Field(1e-4, gt=0, description="AdamW learning rate.")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
@@ -245,6 +262,8 @@ class TrainConfig(_Section):
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig,
                                        description="Magnitude schedule.")
     teacher: TeacherConfig = Field(default_factory=TeacherConfig, description="Self-teacher.")
+    scoring: ScoringConfig = Field(default_factory=ScoringConfig,
+                                   description="The no-grad scoring forwards (pi_old, teacher).")
     optim: OptimConfig = Field(default_factory=OptimConfig, description="Optimizer.")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Held-out evaluation.")
     log: LogConfig = Field(default_factory=LogConfig, description="Observers.")

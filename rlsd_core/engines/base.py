@@ -65,16 +65,22 @@ class SamplingParams:
 @dataclass
 class Generation:
     """One sampled response: token ids (stop token included when finish_reason is "stop"), the
-    log-prob of each under the sampling distribution (see SamplingParams), and why it ended."""
+    log-prob of each under the sampling distribution (see SamplingParams), and why it ended.
+    `entropy`, when the engine reports it (HF does; vLLM does not), is the entropy (nats) of that
+    distribution at each token: what the trainer logs when it takes pi_old from the rollout."""
 
     token_ids: list[int]
     logprobs: list[float]
     finish_reason: str  # "stop" | "length"
+    entropy: list[float] | None = None
 
     def __post_init__(self) -> None:
         if len(self.token_ids) != len(self.logprobs):
             raise ValueError(f"Generation: {len(self.token_ids)} token ids but "
                              f"{len(self.logprobs)} log-probs")
+        if self.entropy is not None and len(self.entropy) != len(self.token_ids):
+            raise ValueError(f"Generation: {len(self.token_ids)} token ids but "
+                             f"{len(self.entropy)} entropies")
         if self.finish_reason not in FINISH_REASONS:
             raise ValueError(f"Generation.finish_reason must be one of {FINISH_REASONS}, got "
                              f"{self.finish_reason!r}")

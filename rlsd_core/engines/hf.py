@@ -18,17 +18,22 @@ import torch.nn.functional as F
 
 from .base import (Generation, SamplingParams, WeightSyncError, check_prompts,
                                     resolve_eos_ids)
+from ..algo import token_entropy
 from ..models.forward import accepts_kwarg
 
 
-def sample_next(logits: torch.Tensor, params: SamplingParams,
-                generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pick the next token of each row from float32 logits [B, V]; return (ids [B], logprobs [B]).
+def sample_next(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pick the next token of each row from float32 logits [B, V]; return (ids [B], logprobs [B],
+    entropy [B]).
 
     Log-probs are log_softmax(logits / T) at the chosen ids, before top-p truncation (T = 1 when
-    greedy), as SamplingParams documents.
+    greedy), as SamplingParams documents; the entropy is that distribution's (nats), computed
+    from the same tensor, so a trainer that takes pi_old from the rollout keeps its entropy metric
+    without a forward of its own.
     """
     logp = F.log_softmax(logits / params.logprob_temperature, dim=-1)
+    entropy = token_entropy(logp)
     if params.greedy:
         ids = logits.argmax(-1)
     else:
@@ -40,7 +45,7 @@ def sample_next(logits: torch.Tensor, params: SamplingParams,
             sorted_p = sorted_p.masked_fill(drop, 0.0)
             probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
         ids = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-    return ids, logp.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+    return ids, logp.gather(-1, ids.unsqueeze(-1)).squeeze(-1), entropy
 
 
 class HFEngine:
@@ -105,21 +110,25 @@ class HFEngine:
 
         out_ids = torch.empty((b, 0), dtype=torch.long, device=device)
         out_lp = torch.empty((b, 0), dtype=torch.float32, device=device)
+        out_ent = torch.empty((b, 0), dtype=torch.float32, device=device)
         done = torch.zeros(b, dtype=torch.bool, device=device)
         stopped = torch.zeros(b, dtype=torch.bool, device=device)
         lengths = torch.zeros(b, dtype=torch.long, device=device)
         past = None
+        # transformers >= 5.2x names the cache `cache` (and warns on `past_key_values`)
+        cache_arg = "cache" if accepts_kwarg(self.model, "cache") else "past_key_values"
         step_ids = ids
         # Only the last position's logits are needed: skip the lm_head on the prompt.
         keep = {"logits_to_keep": 1} if accepts_kwarg(self.model, "logits_to_keep") else {}
         for _ in range(params.max_new_tokens):
             out = self.model(input_ids=step_ids, attention_mask=attn, position_ids=positions,
-                             past_key_values=past, use_cache=True, **keep)
-            past = out.past_key_values
-            nxt, lp = sample_next(out.logits[:, -1, :].float(), params, generator)
+                             use_cache=True, **keep, **{cache_arg: past})
+            past = out.get(cache_arg)
+            nxt, lp, ent = sample_next(out.logits[:, -1, :].float(), params, generator)
             nxt = nxt.masked_fill(done, self.pad_token_id)
             out_ids = torch.cat([out_ids, nxt[:, None]], 1)
             out_lp = torch.cat([out_lp, lp[:, None]], 1)
+            out_ent = torch.cat([out_ent, ent[:, None]], 1)
             lengths += (~done).long()
             hit = ~done & torch.isin(nxt, stop_t)
             stopped |= hit
@@ -131,8 +140,8 @@ class HFEngine:
             positions = positions[:, -1:] + 1
             step_ids = nxt[:, None]
 
-        ids_list, lp_list = out_ids.tolist(), out_lp.tolist()
-        return [Generation(token_ids=ids_list[i][:n], logprobs=lp_list[i][:n],
+        ids_list, lp_list, ent_list = out_ids.tolist(), out_lp.tolist(), out_ent.tolist()
+        return [Generation(token_ids=ids_list[i][:n], logprobs=lp_list[i][:n], entropy=ent_list[i][:n],
                            finish_reason="stop" if bool(stopped[i]) else "length")
                 for i, n in enumerate(lengths.tolist())]
 

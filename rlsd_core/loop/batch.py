@@ -4,7 +4,7 @@
     Rollout    G sampled responses per row (token ids, text, finish reasons, engine log-probs)
     Verified   a verdict per response, rewards, the infrastructure-fault mask
     TeacherSide  the teacher prompt of each response and its privileged text
-    Credit     group advantages, the scoring forwards' log-probs and the token advantages
+    Credit     group advantages, pi_old, the teacher's log-probs and the token advantages
 
 Responses are laid out row-major: response i belongs to row i // G (G = group size), so a
 group's responses are contiguous, which is what `rlsd_core.algo` expects.
@@ -58,6 +58,7 @@ class Rollout:
     texts: list[str]
     finish_reasons: list[str]
     logprobs: list[list[float]]    # the engine's log-probs of each sampled token
+    entropy: list[list[float]] | None = None  # the engine's entropy at each token, if it reports it
 
 
 @dataclass(frozen=True)
@@ -87,8 +88,10 @@ class Credit:
     entropy: torch.Tensor          # [N, T]
     teacher_ids: list[list[int]]   # per response: the teacher prompt
     privileged: list[str]          # per response: the teacher prompt's privileged text
-    teacher_logprobs: Any = None   # [N, T] or None (teacher forward skipped)
-    teacher_logits: Any = None     # [N, T, V] or None
+    pi_old_source: str = "recompute"  # "rollout" (the engine's numbers) or "recompute"
+    teacher_logprobs: Any = None   # [N, T] or None (teacher forward skipped); full-vocabulary
+                                   # teacher logits are never held for the batch: the update
+                                   # computes them per micro-batch
     token_advantages: Any = None   # [N, T], filled by the magnitude stage
 
 

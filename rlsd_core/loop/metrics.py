@@ -11,7 +11,7 @@ are written). Keys (docs/training.md lists them all):
       delta_abs_mean/<task>
   leakage_count, leakage_prompt_count
   the update's: loss, pg_loss, pg_clipfrac, ratio_*, approx_kl, grad_norm, optimizer_steps, ...
-  teacher_synced, lr, time/<stage>_s
+  teacher_synced, lr, time/<stage>_s (rollout, verify, pi_old, teacher, train, sync, step)
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ from ..models import load_model, load_tokenizer, resolve_model
 from ..plugins import PluginManager, get_plugin_manager
 from ..records import ObjectiveRecord, RunInfo
 from ..rewards import Scorer, build_scorer
+from . import scoring
 from .events import Events
 from .faults import InfraGuard
 from .schedule import Schedule
@@ -186,6 +187,7 @@ def setup(cfg: TrainConfig, pm: PluginManager | None = None, *, reporter: Report
     model.to(device)
     model.train()
 
+    scoring.check(cfg, model, use_bf16(cfg, device))
     engine = make_run_engine(cfg, model, tokenizer)
     teacher = (Teacher(model, mode=cfg.teacher.mode, sync_every=cfg.teacher.sync_every,
                        ema_decay=cfg.teacher.ema_decay) if objective.teacher != "never" else None)

@@ -1,21 +1,25 @@
 """The stages of one training step, in data-flow order. Each takes the run's parts and the
 records of earlier stages and returns its own record (rlsd_core.loop.batch):
 
-    rows -> rollout -> verify -> teacher prompts -> advantages -> scoring forwards (pi_old,
-    teacher) -> magnitude -> update (rlsd_core.loop.update) -> sync
+    rows -> rollout -> verify -> teacher prompts -> advantages -> pi_old -> teacher
+    -> magnitude -> update (rlsd_core.loop.update) -> sync
 
 `rlsd_core.loop.step.train_step` calls them in this order and nothing else.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+
 import torch
 
 from .. import algo
 from ..data import render_prompt, student_messages
 from ..engines import SamplingParams
-from ..models import token_logprobs
+from ..models import TokenScores, token_logprobs
 from ..records import CreditInputs
+from . import scoring
 from .batch import Credit, Rollout, StepBatch, TeacherSide, Verified, draw_rows
 from .run import Parts
 from .schedule import Schedule
@@ -52,10 +56,12 @@ def rollout(parts: Parts, batch: StepBatch) -> Rollout:
                             seed=cfg.seed * 1_000_003 + batch.step)
     groups = parts.engine.generate(batch.prompt_ids, params)
     gens = [(prompt, g) for prompt, group in zip(batch.prompt_ids, groups) for g in group]
+    entropy = ([list(g.entropy) for _, g in gens]
+               if all(g.entropy is not None for _, g in gens) else None)
     return Rollout(prompt_ids=[p for p, _ in gens], response_ids=[list(g.token_ids) for _, g in gens],
                    texts=[tok.decode(g.token_ids, skip_special_tokens=True) for _, g in gens],
                    finish_reasons=[g.finish_reason for _, g in gens],
-                   logprobs=[list(g.logprobs) for _, g in gens])
+                   logprobs=[list(g.logprobs) for _, g in gens], entropy=entropy)
 
 
 def verify(parts: Parts, batch: StepBatch, out: Rollout) -> Verified:
@@ -95,28 +101,49 @@ def advantages(parts: Parts, batch: StepBatch, verified: Verified) -> tuple[torc
                                         normalize_std=parts.cfg.algo.normalize_std)
 
 
-def score(parts: Parts, batch: StepBatch, out: Rollout, verified: Verified,
-          teacher_side: TeacherSide, adv: tuple[torch.Tensor, torch.Tensor]) -> Credit:
-    """The no-grad scoring forwards: pi_old (with entropy) and, when the step uses it, the
-    teacher on the same tokens under the teacher prompt."""
-    cfg, tok = parts.cfg, parts.tokenizer
-    temperature = cfg.rollout.temperature
+def scoring_forward(parts: Parts, score_fn, prompt_ids: list[list[int]],
+                    response_ids: list[list[int]], **extra) -> TokenScores:
+    """Every no-grad scoring forward (pi_old, the teacher, OPSD's teacher logits): one precision
+    (the training forward's autocast), chunks of scoring.micro_batch sequences, shared prompts
+    per scoring.share_prefix. `score_fn` is token_logprobs' signature without the model."""
+    cfg = parts.cfg
     with torch.no_grad(), autocast(parts):
-        old = token_logprobs(parts.model, out.prompt_ids, out.response_ids, temperature=temperature,
-                             micro_batch=len(out.response_ids), pad_id=tok.pad_token_id,
-                             return_entropy=True)
-    teacher = None
-    if batch.use_teacher:
-        teacher = parts.teacher.score(teacher_side.ids, out.response_ids, temperature=temperature,
-                                      micro_batch=len(out.response_ids), pad_id=tok.pad_token_id,
-                                      return_logits=parts.objective.needs_logits(cfg.algo.model_dump()))
+        return score_fn(prompt_ids, response_ids, temperature=cfg.rollout.temperature,
+                        micro_batch=cfg.scoring.micro_batch, pad_id=parts.tokenizer.pad_token_id,
+                        share_prefix=scoring.share_prefix(cfg), **extra)
+
+
+def pi_old(parts: Parts, out: Rollout, verified: Verified, teacher_side: TeacherSide,
+           adv: tuple[torch.Tensor, torch.Tensor]) -> Credit:
+    """pi_old and the entropy at every response token: the rollout engine's own numbers when they
+    are provably the trainer's (scoring.rollout_pi_old_refusal), else a no-grad student forward."""
+    refusal = scoring.rollout_pi_old_refusal(parts.cfg, parts.model, parts.engine, parts.autocast)
+    if refusal is None and out.entropy is not None:
+        source = "rollout"
+        old_lp, entropy = (scoring.padded(out.logprobs, parts.device),
+                           scoring.padded(out.entropy, parts.device))
+        lengths = torch.tensor([len(r) for r in out.response_ids], device=parts.device)
+        response_mask = torch.arange(old_lp.shape[1], device=parts.device)[None, :] < lengths[:, None]
+    else:
+        source = "recompute"
+        old = scoring_forward(parts, functools.partial(token_logprobs, parts.model),
+                              out.prompt_ids, out.response_ids, return_entropy=True)
+        old_lp, entropy, response_mask = old.logprobs, old.entropy, old.mask
     advantages_, filled = adv
     return Credit(advantages=advantages_, filled_rewards=filled,
-                  mask=old.mask & ~verified.infra.to(old.mask.device)[:, None],
-                  response_mask=old.mask, old_logprobs=old.logprobs, entropy=old.entropy,
+                  mask=response_mask & ~verified.infra.to(response_mask.device)[:, None],
+                  response_mask=response_mask, old_logprobs=old_lp, entropy=entropy,
                   teacher_ids=teacher_side.ids, privileged=teacher_side.privileged,
-                  teacher_logprobs=teacher.logprobs if teacher is not None else None,
-                  teacher_logits=teacher.logits if teacher is not None else None)
+                  pi_old_source=source)
+
+
+def teacher(parts: Parts, batch: StepBatch, out: Rollout, credit: Credit) -> Credit:
+    """log P_T of the sampled tokens under the teacher prompt, when the step uses the teacher.
+    Full-vocabulary logits (OPSD) are not computed here: the update asks for them per micro-batch."""
+    if not batch.use_teacher:
+        return credit
+    scores = scoring_forward(parts, parts.teacher.score, credit.teacher_ids, out.response_ids)
+    return dataclasses.replace(credit, teacher_logprobs=scores.logprobs)
 
 
 def magnitude(parts: Parts, batch: StepBatch, out: Rollout, credit: Credit) -> Credit:
@@ -133,7 +160,7 @@ def magnitude(parts: Parts, batch: StepBatch, out: Rollout, credit: Credit) -> C
         eps_w=batch.eps_w.repeat_interleave(batch.group_size),
         teacher_logprobs=credit.teacher_logprobs, options=algo_cfg.model_dump(),
         token_mask=token_mask))
-    return Credit(**{**credit.__dict__, "token_advantages": token_adv})
+    return dataclasses.replace(credit, token_advantages=token_adv)
 
 
 def sync(parts: Parts, step: int) -> bool:

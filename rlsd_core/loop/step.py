@@ -8,8 +8,12 @@ Where it departs from a textbook GRPO step:
    (algo.masked_group_advantages), counted per category and logged; when they exceed
    `faults.max_infra_fraction` of a task's samples for `faults.steps` steps in a row the run
    stops (rlsd_core.loop.faults).
-3. The old log-probs (pi_old, and log P_S in RLSD's delta) are recomputed by the training model,
-   not taken from the rollout engine, as in the release: engines may differ in numerics.
+3. The old log-probs (pi_old, and log P_S in RLSD's delta) are the training model's: taken from
+   the rollout when the engine provably computed them with the trainer's weights, dtype and
+   temperature (the colocated HF engine in fp32), else recomputed by a no-grad forward, as in
+   the release (engines such as vLLM differ in numerics). See rlsd_core.loop.scoring.
+4. The no-grad forwards (pi_old, teacher) run in chunks of scoring.micro_batch sequences, in the
+   training forward's precision, each group's shared prompt computed once.
 """
 
 from __future__ import annotations
@@ -57,8 +61,10 @@ def train_step(run: Run, step: int) -> dict:
     run.faults.observe(parts, batch, verified)  # stops a run whose verifier keeps failing
     teacher_side = stages.teacher_prompts(parts, batch, out, verified)
     adv = stages.advantages(parts, batch, verified)
-    with timer("score"):
-        credit = stages.score(parts, batch, out, verified, teacher_side, adv)
+    with timer("pi_old"):
+        credit = stages.pi_old(parts, out, verified, teacher_side, adv)
+    with timer("teacher"):
+        credit = stages.teacher(parts, batch, out, credit)
     credit = stages.magnitude(parts, batch, out, credit)
     with timer("train"):
         train_stats = update(parts, out, credit, step)

@@ -3,7 +3,9 @@ objective's loss, one optimizer step per mini-batch.
 
 The loss of a mini-batch is one token-mean (or seq-mean) over all of it, however it is split
 into micro-batches: each micro-batch's loss divides by the mini-batch's count (`denominator`),
-so the accumulated gradient equals the one big batch's. Summed losses (loss, pg_loss, opsd_loss)
+so the accumulated gradient equals the one big batch's. Full-vocabulary OPSD asks the teacher
+for its logits here, one micro-batch at a time (the teacher's weights do not move within a
+step, except a "live" teacher, which is the policy as of that micro-batch). Summed losses (loss, pg_loss, opsd_loss)
 are reported per mini-batch; ratios and fractions are averaged over micro-batches; everything
 is then averaged over the step's optimizer steps.
 """
@@ -18,7 +20,7 @@ from ..models import token_logprobs
 from ..records import LossInputs
 from .batch import Credit, Rollout
 from .run import Parts
-from .stages import autocast
+from .stages import autocast, scoring_forward
 
 SUMMED = ("loss", "pg_loss", "opsd_loss")
 
@@ -35,12 +37,20 @@ def denominator(mask: torch.Tensor, agg: str) -> float:
 
 
 def micro_loss(parts: Parts, out: Rollout, credit: Credit, micro: list[int], denom: float):
-    """The objective's loss on one micro-batch (forward with gradient), and its stats."""
+    """The objective's loss on one micro-batch (forward with gradient), and its stats. Full-
+    vocabulary teacher logits (OPSD) are computed here, for this micro-batch only: the batch's
+    [N, T, V] never exists."""
     cfg = parts.cfg
-    wants_logits = credit.teacher_logits is not None
+    responses = [out.response_ids[i] for i in micro]
+    wants_logits = (credit.teacher_logprobs is not None
+                    and parts.objective.needs_logits(cfg.algo.model_dump()))
+    teacher_logits = None
+    if wants_logits:
+        teacher_logits = scoring_forward(parts, parts.teacher.score,
+                                         [credit.teacher_ids[i] for i in micro], responses,
+                                         return_logits=True).logits
     with autocast(parts):
-        cur = token_logprobs(parts.model, [out.prompt_ids[i] for i in micro],
-                             [out.response_ids[i] for i in micro],
+        cur = token_logprobs(parts.model, [out.prompt_ids[i] for i in micro], responses,
                              temperature=cfg.rollout.temperature, micro_batch=len(micro),
                              pad_id=parts.tokenizer.pad_token_id, return_logits=wants_logits)
     T = cur.logprobs.shape[1]  # the micro-batch's longest response
@@ -51,7 +61,7 @@ def micro_loss(parts: Parts, out: Rollout, credit: Credit, micro: list[int], den
     return parts.objective.loss(LossInputs(
         logprobs=cur.logprobs, logits=cur.logits, old_logprobs=cut(credit.old_logprobs),
         token_advantages=cut(credit.token_advantages), mask=cut(credit.mask),
-        teacher_logprobs=cut(credit.teacher_logprobs), teacher_logits=cut(credit.teacher_logits),
+        teacher_logprobs=cut(credit.teacher_logprobs), teacher_logits=teacher_logits,
         options=cfg.algo.model_dump(), denominator=denom))
 
 
