@@ -239,6 +239,7 @@ def test_delta_is_zero_when_the_teacher_sees_the_students_prompt(tpm, tmp_path, 
     assert m["teacher_skipped"] == 0 and m["delta_abs_mean"] is not None
     assert m["delta_abs_mean"] <= bound, m["delta_abs_mean"]
     assert m["time/pi_old_s"] >= 0 and m["time/teacher_s"] > 0
+    assert m["pi_old_from_rollout"] == int(precision == "fp32" and pi_old == "auto")
 
 
 def test_the_loop_scores_in_chunks_of_scoring_micro_batch(tpm, tmp_path):

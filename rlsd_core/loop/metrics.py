@@ -2,7 +2,7 @@
 are written). Keys (docs/training.md lists them all):
 
   reward_mean, reward/<task>, zero_var_frac, infra_masked, infra/<category>
-  entropy, response_length, truncated_frac
+  entropy, pi_old_from_rollout, response_length, truncated_frac
   lambda, eps_w (the run scheduler's), teacher_skipped
   delta_mean, delta_abs_mean, w_mean, clip_low_frac, clip_high_frac, clip_frac (None when the
       teacher forward was skipped), adv_hat_mean, adv_hat_abs_mean
@@ -52,6 +52,7 @@ def rollout_metrics(parts: Parts, batch: StepBatch, out: Rollout, verified: Veri
                             for i, v in enumerate(verified.verdicts)])
         m[f"reward/{task.name}"] = float(verified.rewards[sel].mean()) if sel.any() else None
     m["entropy"] = float(algo.masked_mean(credit.entropy, credit.mask))
+    m["pi_old_from_rollout"] = int(credit.pi_old_source == "rollout")
     m["response_length"] = float(credit.response_mask.sum(1).float().mean())
     m["truncated_frac"] = sum(r == "length" for r in out.finish_reasons) / len(out.finish_reasons)
     return m
