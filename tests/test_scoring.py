@@ -57,6 +57,24 @@ def test_blocked_scoring_is_bitwise_the_whole_tensor_log_softmax(monkeypatch):
         assert torch.equal(lp, want_lp) and torch.equal(ent, want_ent), elements
 
 
+def test_no_grad_scoring_never_builds_more_than_one_block(tiny, monkeypatch):
+    # The float32 temporaries (log-softmax, entropy) are bounded by SCORE_BLOCK_ELEMENTS, not by
+    # the chunk: with blocks of 3 positions, no log-softmax sees more than 3 x V logits.
+    model, tok = tiny
+    rows, responses = _groups(tok)
+    v = model.config.vocab_size
+    monkeypatch.setattr(forward, "SCORE_BLOCK_ELEMENTS", 3 * v)
+    sizes, real = [], F.log_softmax
+    monkeypatch.setattr(forward.F, "log_softmax", lambda x, **k: sizes.append(x.numel()) or real(x, **k))
+    with torch.no_grad():
+        blocked = token_logprobs(model, rows, responses, micro_batch=12, return_entropy=True)
+    assert sizes and max(sizes) <= 3 * v
+    monkeypatch.setattr(forward, "SCORE_BLOCK_ELEMENTS", 1 << 24)
+    with torch.no_grad():
+        whole = token_logprobs(model, rows, responses, micro_batch=12, return_entropy=True)
+    assert torch.equal(blocked.logprobs, whole.logprobs) and torch.equal(blocked.entropy, whole.entropy)
+
+
 def test_chunks_bound_the_forward_batch_and_agree(tiny):
     model, tok = tiny
     rows, responses = _groups(tok)
