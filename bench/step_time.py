@@ -4,6 +4,7 @@ rollout batch (issue 13: the scoring forwards).
     python bench/step_time.py                         # tiny model, the embedded default's shape
     python bench/step_time.py --model smollm2-135m-instruct --prompts 4 --group 4 --max-new-tokens 24
     python bench/step_time.py --memory                # peak RSS of one step at 32, 128, 512 sequences
+    python bench/step_time.py --memory-scoring        # the scoring forward alone at V = 151,936
 
 Step time. One run (one model, engine, teacher and optimizer) and three arms that differ only
 in the objective and lambda: grpo; rlsd with lambda 0.5 (the teacher forward runs); rlsd with
@@ -17,8 +18,10 @@ with the load average. Target (issue 13): RLSD/GRPO <= 1.15 with lambda > 0, <= 
 Memory. Each batch size runs one RLSD step (lambda 0.5) in a fresh subprocess, with the
 scoring chunk (scoring.micro_batch), the update's micro-batch (optim.grad_accum = B / chunk) and
 the engine's decode batch fixed, and reports the step's peak RSS (VmHWM, reset after setup).
-Target: at most 1.3x from 32 to 512 sequences. `--code DIR` runs the same measurement on another
-checkout (e.g. the code before this issue) for comparison. Exits 0 whatever the numbers are.
+Target: at most 1.3x from 32 to 512 sequences. The tiny model's vocabulary (455 tokens) hides
+what [B, T, V] costs, so `--memory-scoring` also measures the no-grad scoring forward alone with
+a random one-layer model of a real vocabulary (151,936). `--code DIR` runs either measurement on
+another checkout (e.g. the code before this issue). Exits 0 whatever the numbers are.
 """
 
 from __future__ import annotations
@@ -194,30 +197,80 @@ def memory_one(args) -> None:
                       "vocab": run.parts.model.config.vocab_size, "step_s": m["time/step_s"]}))
 
 
-def memory(args) -> None:
-    rows = []
-    env = dict(os.environ)
-    cwd = None
+def scoring_one(args) -> None:
+    """Child: one no-grad scoring forward (pi_old's: log-probs and entropy) of --prompts x --group
+    responses under a random one-layer model with a 151,936-token vocabulary; prints a JSON line.
+    The checked-out code decides how it chunks: this code passes --chunk, code from before issue
+    13 (--code) gets micro_batch = all sequences, which is what its loop passed."""
+    import inspect
+
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from rlsd_core.models import token_logprobs
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(Qwen2Config(
+        vocab_size=GPU_VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True)).eval()
+    n = args.prompts * args.group
+    prompts = [torch.randint(0, GPU_VOCAB, (19,)).tolist() for _ in range(args.prompts)]
+    rows = [p for p in prompts for _ in range(args.group)]
+    responses = [torch.randint(0, GPU_VOCAB, (args.max_new_tokens,)).tolist() for _ in range(n)]
+    new_code = "share_prefix" in inspect.signature(token_logprobs).parameters
+    kwargs = {"micro_batch": args.chunk, "share_prefix": "auto"} if new_code else {"micro_batch": n}
+    before = rss_kib("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")
+    start = time.process_time()
+    with torch.no_grad():
+        token_logprobs(model, rows, responses, return_entropy=True, **kwargs)
+    print(json.dumps({"sequences": n, "before_mib": before / 1024, "peak_mib": rss_kib("VmHWM") / 1024,
+                      "micro_batch": kwargs["micro_batch"], "cpu_s": time.process_time() - start}))
+
+
+def scoring_memory(args) -> None:
+    rows = [json.loads(child(args, "--scoring-one", n).strip().splitlines()[-1]) for n in args.sizes]
+    print(f"\npeak RSS of one no-grad scoring forward (log-probs + entropy), random 1-layer model, "
+          f"V = {GPU_VOCAB:,}, {args.group} samples per prompt, T = {args.max_new_tokens}"
+          f"{', code ' + args.code if args.code else ''}")
+    print(f"{'sequences':>10}{'micro_batch':>12}{'peak MiB':>10}{'forward MiB':>12}{'x':>6}{'cpu s':>7}"
+          f"   one fp32 [B, T, V]")
+    first = rows[0]["peak_mib"] - rows[0]["before_mib"]
+    for r in rows:
+        used = r["peak_mib"] - r["before_mib"]
+        full = r["sequences"] * args.max_new_tokens * GPU_VOCAB * 4 / 2**20
+        print(f"{r['sequences']:>10}{r['micro_batch']:>12}{r['peak_mib']:>10.0f}{used:>12.0f}"
+              f"{used / first:>6.2f}{r['cpu_s']:>7.1f}   {full:,.0f} MiB")
+
+
+def child(args, mode: str, n: int) -> str:
+    """Run this script in `mode` for n sequences in a fresh process (another checkout's rlsd
+    with --code); its stdout."""
+    env, cwd = dict(os.environ), None
     if args.code:
         root = Path(args.code).resolve()
         env["PYTHONPATH"] = os.pathsep.join([str(root), str(root / "plugins"), str(root / "verifiers"),
                                             env.get("PYTHONPATH", "")])
         cwd = args.code
-    for n in args.sizes:
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--memory-one",
-               "--prompts", str(n // args.group), "--group", str(args.group),
-               "--max-new-tokens", str(args.max_new_tokens), "--chunk", str(args.chunk),
-               "--threads", str(args.threads), "--model", args.model]
-        if args.no_warmup:
-            cmd.append("--no-warmup")
-        for key in ("share_prefix", "pi_old"):
-            if getattr(args, key):
-                cmd += [f"--{key.replace('_', '-')}", getattr(args, key)]
-        done = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True)
-        if done.returncode:
-            print(done.stderr[-3000:], file=sys.stderr)
-            raise SystemExit(f"memory run at {n} sequences failed")
-        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    cmd = [sys.executable, str(Path(__file__).resolve()), mode,
+           "--prompts", str(n // args.group), "--group", str(args.group),
+           "--max-new-tokens", str(args.max_new_tokens), "--chunk", str(args.chunk),
+           "--threads", str(args.threads), "--model", args.model]
+    if args.no_warmup:
+        cmd.append("--no-warmup")
+    for key in ("share_prefix", "pi_old"):
+        if getattr(args, key):
+            cmd += [f"--{key.replace('_', '-')}", getattr(args, key)]
+    done = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True)
+    if done.returncode:
+        print(done.stderr[-3000:], file=sys.stderr)
+        raise SystemExit(f"{mode} at {n} sequences failed")
+    return done.stdout
+
+
+def memory(args) -> None:
+    rows = [json.loads(child(args, "--memory-one", n).strip().splitlines()[-1]) for n in args.sizes]
     report_memory(args, rows)
 
 
@@ -261,16 +314,24 @@ def main() -> None:
     parser.add_argument("--memory", action="store_true", help="the memory table instead")
     parser.add_argument("--sizes", type=int, nargs="+", default=[32, 128, 512])
     parser.add_argument("--code", default=None, help="(--memory) a checkout whose rlsd to measure")
+    parser.add_argument("--memory-scoring", action="store_true", help="the memory of the scoring "
+                        "forward alone, at a 151,936-token vocabulary")
     parser.add_argument("--memory-one", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--scoring-one", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    memory_mode = args.memory or args.memory_scoring
     if args.max_new_tokens is None:
-        args.max_new_tokens = 32 if args.memory else 16
-    if args.memory and not args.chunk:
+        args.max_new_tokens = 32 if memory_mode else 16
+    if memory_mode and not args.chunk:
         args.chunk = 32
     if args.memory_one:
         memory_one(args)
+    elif args.scoring_one:
+        scoring_one(args)
     elif args.memory:
         memory(args)
+    elif args.memory_scoring:
+        scoring_memory(args)
     else:
         step_time(args)
 
