@@ -30,6 +30,10 @@ class SamplingParams:
     stop_token_ids: extra ids that end a response, on top of the engine's eos ids. The stop
         token is part of the response (its token id and log-prob are reported).
     seed: makes sampling reproducible for the same engine, weights and batch; None = not seeded.
+    seeds: one seed per prompt (overrides `seed`): a prompt's samples then depend on its own
+        seed, the weights and the prompt only, not on the other prompts of the call, so a batch
+        split across data-parallel ranks samples what one process would (up to float rounding
+        of the logits). The training loop seeds every prompt of a step this way.
     """
 
     n: int = 1
@@ -38,6 +42,7 @@ class SamplingParams:
     max_new_tokens: int = 64
     stop_token_ids: tuple[int, ...] = ()
     seed: int | None = None
+    seeds: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.n, int) or self.n < 1:
@@ -51,6 +56,15 @@ class SamplingParams:
             raise ValueError(f"SamplingParams.max_new_tokens must be an int >= 1, got "
                              f"{self.max_new_tokens!r}")
         self.stop_token_ids = tuple(int(t) for t in self.stop_token_ids)
+        if self.seeds is not None:
+            self.seeds = tuple(int(s) for s in self.seeds)
+
+    def prompt_seeds(self, prompts: int) -> tuple[int, ...] | None:
+        """The per-prompt seeds for a call with `prompts` prompts (None when not given)."""
+        if self.seeds is not None and len(self.seeds) != prompts:
+            raise ValueError(f"SamplingParams.seeds has {len(self.seeds)} seeds for {prompts} "
+                             "prompts; give one seed per prompt")
+        return self.seeds
 
     @property
     def greedy(self) -> bool:

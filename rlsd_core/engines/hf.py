@@ -3,8 +3,10 @@
 It samples with its own short decoding loop over the model's KV cache instead of
 `model.generate`, for three reasons that matter to RL: the reported log-probs are exactly
 log_softmax(logits / T) over the full vocabulary (what `rlsd_core.models.token_logprobs`
-computes for the trainer), sampling uses a private torch.Generator (a seed never touches the
-global RNG the trainer relies on), and the left-padding / position-id convention is the one
+computes for the trainer), sampling draws its noise from private torch.Generators (a seed never
+touches the global RNG the trainer relies on), one per prompt when the call gives per-prompt
+seeds, and samples each row by inverse CDF from its own noise, so a prompt's samples do not
+depend on the batch it is decoded in; and the left-padding / position-id convention is the one
 `token_logprobs` uses, so engine and trainer agree to float rounding.
 
 Colocated use: pass the training model itself; the engine then samples from the live weights and
@@ -22,15 +24,18 @@ from ..algo import token_entropy
 from ..models.forward import accepts_kwarg
 
 
-def sample_next(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None
+def sample_next(logits: torch.Tensor, params: SamplingParams, noise: torch.Tensor | None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Pick the next token of each row from float32 logits [B, V]; return (ids [B], logprobs [B],
     entropy [B]).
 
-    Log-probs are log_softmax(logits / T) at the chosen ids, before top-p truncation (T = 1 when
-    greedy), as SamplingParams documents; the entropy is that distribution's (nats), computed
-    from the same tensor, so a trainer that takes pi_old from the rollout keeps its entropy metric
-    without a forward of its own.
+    noise: [B] uniforms in [0, 1), one per row, or None when greedy. Sampling is by inverse CDF:
+    row b takes the first token whose cumulative probability exceeds noise[b], so a row's token
+    depends on its own logits and noise only, never on the other rows of the batch (per-prompt
+    seeds rely on it). Log-probs are log_softmax(logits / T) at the chosen ids, before top-p
+    truncation (T = 1 when greedy), as SamplingParams documents; the entropy is that
+    distribution's (nats), computed from the same tensor, so a trainer that takes pi_old from
+    the rollout keeps its entropy metric without a forward of its own.
     """
     logp = F.log_softmax(logits / params.logprob_temperature, dim=-1)
     entropy = token_entropy(logp)
@@ -44,8 +49,32 @@ def sample_next(logits: torch.Tensor, params: SamplingParams, generator: torch.G
             drop = (sorted_p.cumsum(-1) - sorted_p) >= params.top_p
             sorted_p = sorted_p.masked_fill(drop, 0.0)
             probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
-        ids = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        cdf = probs.cumsum(-1)
+        target = (noise.to(cdf.device, cdf.dtype) * cdf[:, -1]).unsqueeze(-1)
+        ids = torch.searchsorted(cdf, target, right=True).squeeze(-1).clamp(max=cdf.shape[-1] - 1)
+        # u * total can round up to the total: never return a token of probability 0.
+        picked = probs.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+        ids = torch.where(picked > 0, ids, probs.argmax(-1))
     return ids, logp.gather(-1, ids.unsqueeze(-1)).squeeze(-1), entropy
+
+
+def sampling_noise(prompts: int, params: SamplingParams, device: torch.device) -> torch.Tensor | None:
+    """[prompts * n, max_new_tokens] uniforms, row-major like the decoded rows (None if greedy).
+
+    With per-prompt `seeds` each prompt's n rows come from a generator of their own; with `seed`
+    one generator draws them all; unseeded, the global RNG does. The engine's generators are
+    private: a seed never touches the global RNG the trainer relies on."""
+    if params.greedy:
+        return None
+    shape = (params.n, params.max_new_tokens)
+    seeds = params.prompt_seeds(prompts)
+    if seeds is not None:
+        return torch.cat([torch.rand(shape, generator=torch.Generator(device=device).manual_seed(s),
+                                     device=device) for s in seeds]) if seeds else None
+    generator = None
+    if params.seed is not None:
+        generator = torch.Generator(device=device).manual_seed(params.seed)
+    return torch.rand((prompts * params.n, params.max_new_tokens), generator=generator, device=device)
 
 
 class HFEngine:
@@ -76,10 +105,7 @@ class HFEngine:
         self._check_open()
         check_prompts(prompts)
         rows = [list(p) for p in prompts for _ in range(params.n)]
-        generator = None
-        if params.seed is not None:
-            generator = torch.Generator(device=self._device())
-            generator.manual_seed(params.seed)
+        noise = sampling_noise(len(prompts), params, self._device())
         stop = frozenset(self.eos_token_ids) | frozenset(params.stop_token_ids)
         flat: list[Generation] = []
         was_training = self.model.training
@@ -87,8 +113,9 @@ class HFEngine:
         try:
             with torch.no_grad():
                 for start in range(0, len(rows), self.batch_size):
-                    flat.extend(self._decode(rows[start:start + self.batch_size], params, stop,
-                                             generator))
+                    end = start + self.batch_size
+                    flat.extend(self._decode(rows[start:end], params, stop,
+                                             None if noise is None else noise[start:end]))
         finally:
             self.model.train(was_training)
         return [flat[i * params.n:(i + 1) * params.n] for i in range(len(prompts))]
@@ -96,7 +123,7 @@ class HFEngine:
     def _device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def _decode(self, rows, params, stop, generator) -> list[Generation]:
+    def _decode(self, rows, params, stop, noise) -> list[Generation]:
         device = self._device()
         b, p_max = len(rows), max(len(r) for r in rows)
         ids = torch.full((b, p_max), self.pad_token_id, dtype=torch.long)
@@ -120,11 +147,12 @@ class HFEngine:
         step_ids = ids
         # Only the last position's logits are needed: skip the lm_head on the prompt.
         keep = {"logits_to_keep": 1} if accepts_kwarg(self.model, "logits_to_keep") else {}
-        for _ in range(params.max_new_tokens):
+        for t in range(params.max_new_tokens):
             out = self.model(input_ids=step_ids, attention_mask=attn, position_ids=positions,
                              use_cache=True, **keep, **{cache_arg: past})
             past = out.get(cache_arg)
-            nxt, lp, ent = sample_next(out.logits[:, -1, :].float(), params, generator)
+            nxt, lp, ent = sample_next(out.logits[:, -1, :].float(), params,
+                                       None if noise is None else noise[:, t])
             nxt = nxt.masked_fill(done, self.pad_token_id)
             out_ids = torch.cat([out_ids, nxt[:, None]], 1)
             out_lp = torch.cat([out_lp, lp[:, None]], 1)

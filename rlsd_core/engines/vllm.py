@@ -182,10 +182,17 @@ class VLLMEngine:
                              "engine with a larger max_model_len")
         # vLLM refuses n > 1 with greedy sampling; greedy samples are identical, so sample once.
         n = 1 if params.greedy else params.n
-        sp = self._vllm_sampling(
-            n=n, temperature=params.temperature, top_p=1.0, max_tokens=params.max_new_tokens,
-            stop_token_ids=sorted(set(self.eos_token_ids) | set(params.stop_token_ids)),
-            seed=params.seed, logprobs=0, detokenize=False)
+        stop = sorted(set(self.eos_token_ids) | set(params.stop_token_ids))
+
+        def sampling(seed):
+            return self._vllm_sampling(
+                n=n, temperature=params.temperature, top_p=1.0, max_tokens=params.max_new_tokens,
+                stop_token_ids=stop, seed=seed, logprobs=0, detokenize=False)
+
+        # Per-prompt seeds are per-request seeds in vLLM: a prompt samples the same whatever
+        # else is in the call (or on another data-parallel rank).
+        seeds = params.prompt_seeds(len(prompts))
+        sp = sampling(params.seed) if seeds is None else [sampling(s) for s in seeds]
         outputs = self.llm.generate([{"prompt_token_ids": list(p)} for p in prompts], sp,
                                     use_tqdm=False)
         result = []

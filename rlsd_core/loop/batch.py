@@ -12,11 +12,16 @@ group's responses are contiguous, which is what `rlsd_core.algo` expects.
 Which rows a step trains on is a function of (seed, step) only, so a resumed run draws the same
 rows: each task walks through its own seeded permutation of its training rows, epoch after
 epoch, taking its share of the step's prompts (`task_counts`: by weight, largest remainder).
+Each row of the step is sampled with a seed of its own, a function of (seed, step, its place in
+the step's draw) (`rollout_seeds`): its responses do not depend on the other rows it is sampled
+with, so a step split across data-parallel ranks (rlsd_core.loop.distributed) samples what one
+process samples.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 import random
 from dataclasses import dataclass
@@ -43,6 +48,7 @@ class StepBatch:
     task_magnitudes: dict[str, Magnitude]
     group_size: int
     use_teacher: bool              # the objective and the lambdas call for the teacher forward
+    seeds: tuple[int, ...] = ()    # per row: its rollout seed (rollout_seeds)
 
     def of_response(self, i: int) -> int:
         """The row index of response i."""
@@ -126,3 +132,9 @@ def draw_rows(tasks: list[TaskData], total: int, seed: int, step: int) -> list[t
             epoch, pos = divmod(j, n)
             picked.append((task, task.train[_epoch_order(seed, t_index, epoch, n)[pos]]))
     return picked
+
+
+def rollout_seeds(seed: int, step: int, rows: int) -> tuple[int, ...]:
+    """The rollout seed of each of a step's `rows` rows: a hash of (seed, step, row), 63 bits."""
+    return tuple(int.from_bytes(hashlib.blake2b(f"{seed}/{step}/{i}".encode(), digest_size=8)
+                                .digest(), "little") >> 1 for i in range(rows))

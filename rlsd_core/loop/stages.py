@@ -20,7 +20,7 @@ from ..engines import SamplingParams
 from ..models import TokenScores, token_logprobs
 from ..records import CreditInputs
 from . import scoring
-from .batch import Credit, Rollout, StepBatch, TeacherSide, Verified, draw_rows
+from .batch import Credit, Rollout, StepBatch, TeacherSide, Verified, draw_rows, rollout_seeds
 from .run import Parts
 from .schedule import Schedule
 from .spans import thought_mask
@@ -44,16 +44,16 @@ def rows(parts: Parts, schedule: Schedule, step: int) -> StepBatch:
     return StepBatch(step=step, tasks=[task for task, _ in picked], rows=[row for _, row in picked],
                      prompt_ids=[render_prompt(parts.tokenizer, student_messages(row)) for _, row in picked],
                      lam=lam, eps_w=eps_w, run_magnitude=run_mag, task_magnitudes=by_task,
-                     group_size=cfg.rollout.group_size, use_teacher=use_teacher)
+                     group_size=cfg.rollout.group_size, use_teacher=use_teacher,
+                     seeds=rollout_seeds(cfg.seed, step, len(picked)))
 
 
 def rollout(parts: Parts, batch: StepBatch) -> Rollout:
-    """G responses per row from the engine, seeded by (seed, step)."""
+    """G responses per row from the engine, each row seeded by its own seed (batch.seeds)."""
     cfg, tok = parts.cfg, parts.tokenizer
     params = SamplingParams(n=batch.group_size, temperature=cfg.rollout.temperature,
                             top_p=cfg.rollout.top_p, max_new_tokens=cfg.rollout.max_new_tokens,
-                            stop_token_ids=(tok.eos_token_id,),
-                            seed=cfg.seed * 1_000_003 + batch.step)
+                            stop_token_ids=(tok.eos_token_id,), seeds=batch.seeds)
     groups = parts.engine.generate(batch.prompt_ids, params)
     gens = [(prompt, g) for prompt, group in zip(batch.prompt_ids, groups) for g in group]
     entropy = ([list(g.entropy) for _, g in gens]
