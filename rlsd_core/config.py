@@ -241,6 +241,13 @@ class FaultsConfig(_Section):
                                             "run stops.")
 
 
+class DistributedConfig(_Section):
+    timeout_s: float = Field(
+        1800.0, ge=10, description="Under torchrun: seconds a collective waits for the other ranks "
+                                   "before it raises (bounds a hang; a crashed rank stops the run "
+                                   "at once). Cover rank 0's model build and warm-up.")
+
+
 class TrainConfig(_Section):
     seed: int = Field(0, description="Seed for torch, task generation and sampling.")
     # 24 keeps the embedded default (cold cache: model, 400-step warm-up, RL) inside 5 minutes
@@ -269,6 +276,8 @@ class TrainConfig(_Section):
     log: LogConfig = Field(default_factory=LogConfig, description="Observers.")
     faults: FaultsConfig = Field(default_factory=FaultsConfig,
                                  description="When infrastructure faults stop a run.")
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig,
+                                           description="Data-parallel runs (torchrun).")
 
     @model_validator(mode="after")
     def _consistent(self):

@@ -65,6 +65,7 @@ def _terminate(signum, frame):
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # as typed (rlsd train --nproc)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0

@@ -5,12 +5,17 @@ the built-in addition + reverse suite, on the CPU. Every config field is also a 
 (`--optim.lr 1e-4`), generated from the typed config so `rlsd train --help` lists every field
 with its default; `--set optim.lr=1e-4` does the same and reaches list entries
 (`--set tasks.0.eval_size=200`).
+
+Data parallel: `torchrun --nproc-per-node N -m rlsd_core.cli train ...` runs it on N processes
+(docs/distributed.md); `rlsd train --nproc N ...` starts that torchrun for you on this machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
 
 from ..config import ConfigError, build_config, iter_fields, parse_value, type_name
@@ -41,6 +46,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="print the resolved config as YAML and exit")
     parser.add_argument("--check", action="store_true",
                         help="validate the config and plugin names, load no model, and exit")
+    parser.add_argument("--nproc", type=int, metavar="N",
+                        help="train data-parallel on N processes of this machine (one per GPU, "
+                             "or CPU processes): runs `torchrun --standalone --nproc-per-node N "
+                             "-m rlsd_core.cli train ...` with the other arguments; several "
+                             "machines: see docs/distributed.md")
     sections: dict[str, argparse._ArgumentGroup] = {}
     for dotted, annotation, description, default in iter_fields():
         section = dotted.split(".")[0] if "." in dotted else "run"
@@ -139,8 +149,27 @@ def _stopped(run_dir, why: str) -> str:
             f"`rlsd train --resume {run_dir}`")
 
 
+def launch(nproc: int, argv: list[str]) -> int:
+    """`rlsd train --nproc N ARGS`: the same command on N local processes under torchrun."""
+    rest, skip = [], False
+    for item in (argv[1:] if argv[:1] == ["train"] else argv):
+        if skip:
+            skip = False
+        elif item == "--nproc":
+            skip = True
+        elif not item.startswith("--nproc="):
+            rest.append(item)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc-per-node={nproc}", "-m", "rlsd_core.cli", "train", *rest]
+    return subprocess.call(cmd)
+
+
 def run_train(args: argparse.Namespace) -> int:
     from rich.console import Console
+
+    nproc = getattr(args, "nproc", None)
+    if nproc is not None and nproc < 1:
+        raise UsageError(f"--nproc {nproc}: give a number of processes >= 1")
 
     from ..plugins import get_plugin_manager
 
@@ -170,18 +199,22 @@ def run_train(args: argparse.Namespace) -> int:
                        tokenizer=None).dry_run()
         console.print("config OK")
         return 0
-    if run_dir is None:  # created now: a path that cannot be a directory fails before any work
-        run_dir = resolve_run_dir(cfg.output_dir)
+    if nproc and nproc > 1 and "LOCAL_RANK" not in os.environ:  # validated once, here
+        return launch(nproc, getattr(args, "argv", sys.argv[1:]))
+    # Under torchrun rank 0 makes the run directory and setup hands it to the others.
+    if run_dir is None and os.environ.get("RANK", "0") == "0":
+        run_dir = resolve_run_dir(cfg.output_dir)  # made now: a bad path fails before any work
         run_dir.mkdir(parents=True, exist_ok=True)
 
     from transformers.utils import logging as hf_logging
 
     from ..loop import train
+    from ..loop.distributed import recorded
 
     # Our own progress bars tell the story; transformers' per-load bars would bury them.
     hf_logging.disable_progress_bar()
     try:
-        train(cfg, pm, reporter=_WarmupProgress(console), run_dir=run_dir, resume=resume)
+        recorded(train)(cfg, pm, reporter=_WarmupProgress(console), run_dir=run_dir, resume=resume)
     except KeyboardInterrupt:
         raise Interrupted(_stopped(run_dir, "training stopped")) from None
     except OSError as exc:

@@ -47,6 +47,8 @@ import torch
 
 from rlsd_core.data.files import fsync_dir
 
+from . import distributed
+
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.pt"
 WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
@@ -98,9 +100,12 @@ class RngStates:
 
 def stateful_parts(run) -> dict:
     """The declared list of what a checkpoint saves besides the weights: name -> an object with
-    state_dict() / load_state_dict(), or None when the run has no such part (no teacher)."""
-    return {"optimizer": run.parts.optimizer, "teacher": run.parts.teacher,
-            "schedule": run.schedule, "progress": run.progress, "rng": RngStates()}
+    state_dict() / load_state_dict(), or None when the run has no such part (no teacher). In a
+    sharded run the optimizer and the teacher save and load full tensors in the single-process
+    layout (rlsd_core.loop.distributed), so any number of ranks resumes any checkpoint."""
+    return distributed.checkpoint_parts(run.parts.world, run.parts.model, {
+        "optimizer": run.parts.optimizer, "teacher": run.parts.teacher,
+        "schedule": run.schedule, "progress": run.progress, "rng": RngStates()})
 
 
 def trainer_state(run, step: int) -> dict:
@@ -114,17 +119,22 @@ def trainer_state(run, step: int) -> dict:
 def save(run, step: int, *, keep: int = 3) -> Path:
     """Write checkpoint `step` atomically, then delete all but the newest `keep`. If anything
     fails on the way (a full disk, Ctrl-C) the partial save is deleted and the exception goes
-    on: the checkpoints already there are untouched."""
+    on: the checkpoints already there are untouched. Under torchrun every rank calls it (the
+    full state is gathered from every rank's shards) and rank 0 writes."""
     run_dir, model, tokenizer = run.parts.run_dir, run.parts.model, run.parts.tokenizer
     final = checkpoint_path(run_dir, step)
+    state = trainer_state(run, step)
+    weights = distributed.full_state(run.parts.world, model)  # None: the model's own
+    if not run.parts.world.is_main:
+        return final
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir()
-        model.save_pretrained(tmp)
+        model.save_pretrained(tmp, state_dict=weights)
         tokenizer.save_pretrained(tmp)
-        torch.save(trainer_state(run, step), tmp / STATE_FILE)
+        torch.save(state, tmp / STATE_FILE)
         _fsync_tree(tmp)
         if final.exists():  # re-saving a step (a resumed run that saves the same step again)
             _remove(final)
@@ -373,8 +383,7 @@ def restore(run, path: Path) -> int:
     # Weights: loaded through from_pretrained (tied and sharded weights handled there), copied
     # into the run's model so the engine and the teacher keep their references to it.
     loaded = AutoModelForCausalLM.from_pretrained(path, dtype=next(parts.model.parameters()).dtype)
-    with torch.no_grad():
-        parts.model.load_state_dict(loaded.state_dict())
+    distributed.load_full_state(parts.world, parts.model, loaded.state_dict())  # each rank its shard
     del loaded
     parts.engine.load_weights(parts.model.state_dict())
     for name, obj in stateful_parts(run).items():
@@ -389,8 +398,9 @@ def restore(run, path: Path) -> int:
                 obj.load_state_dict(saved)
             except (ValueError, KeyError) as exc:
                 raise CheckpointError(f"{path}: cannot restore the {name}: {exc}") from exc
-    for name in ("metrics.jsonl", "samples.jsonl"):
-        _trim_jsonl(parts.run_dir / name, step)
-    drop_temporaries(parts.run_dir)
+    if parts.world.is_main:  # the run directory is rank 0's
+        for name in ("metrics.jsonl", "samples.jsonl"):
+            _trim_jsonl(parts.run_dir / name, step)
+        drop_temporaries(parts.run_dir)
     parts.info.start_step = step + 1
     return step

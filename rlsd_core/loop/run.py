@@ -1,7 +1,9 @@
 """A run: the parts it is made of and the state a checkpoint restores, built by `setup`.
 
-    setup: config -> plugins checked -> tasks -> scorers -> schedule -> model (warm-up)
-           -> engine, teacher, optimizer -> run directory, event hooks (guarded per observer)
+    setup: config -> plugins checked -> tasks -> scorers -> schedule -> process group (under
+           torchrun) -> model (warm-up; rank 0 first) -> engine, teacher -> sharding (FSDP2,
+           several ranks) -> optimizer -> run directory, event hooks (guarded per observer; rank
+           0's only)
 
 `Parts` are built once from the config and never checkpointed as such (the model's weights and
 the optimizer's moments are, through `rlsd_core.loop.checkpoint`'s declared list of stateful
@@ -27,7 +29,8 @@ from ..models import load_model, load_tokenizer, resolve_model
 from ..plugins import PluginManager, get_plugin_manager
 from ..records import ObjectiveRecord, RunInfo
 from ..rewards import Scorer, build_scorer
-from . import scoring
+from . import distributed, scoring
+from .distributed import World
 from .events import Events
 from .faults import InfraGuard
 from .schedule import Schedule
@@ -61,6 +64,7 @@ class Parts:
     prompts: TeacherPrompts
     objective: ObjectiveRecord
     events: Events                  # the event hooks, guarded per observer plugin
+    world: World = field(default_factory=World)  # this process among the run's ranks
 
     def close(self) -> None:
         self.engine.close()
@@ -182,8 +186,12 @@ def setup(cfg: TrainConfig, pm: PluginManager | None = None, *, reporter: Report
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
-    device = pick_device(cfg)
-    model, tokenizer = load_policy(cfg, tasks, injectors, reporter)
+    world, device = distributed.start(pick_device(cfg), cfg.distributed.timeout_s)
+    distributed.check_rows(world, cfg.rollout.prompts_per_step)
+    if not world.is_main:  # one rank reports: observers, console and warm-up progress
+        reporter, pm = quiet, distributed.observers(world, pm)
+    with distributed.main_first(world):  # rank 0 builds and caches the model, the others load it
+        model, tokenizer = load_policy(cfg, tasks, injectors, reporter)
     model.to(device)
     model.train()
 
@@ -191,16 +199,22 @@ def setup(cfg: TrainConfig, pm: PluginManager | None = None, *, reporter: Report
     engine = make_run_engine(cfg, model, tokenizer)
     teacher = (Teacher(model, mode=cfg.teacher.mode, sync_every=cfg.teacher.sync_every,
                        ema_decay=cfg.teacher.ema_decay) if objective.teacher != "never" else None)
+    copies = [teacher.model] if teacher is not None and teacher.model is not model else []
+    distributed.shard(world, model, *copies, bf16=use_bf16(cfg, device))
+    engine = distributed.engine_for(world, engine, model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas,
                                   weight_decay=cfg.optim.weight_decay)
-    run_dir = run_dir or resolve_run_dir(cfg.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)  # config.yaml: written by the trainer (train)
+    # Rank 0's directory for every rank (the CLI makes it on rank 0 only); config.yaml: written
+    # by the trainer (train), on rank 0.
+    run_dir = distributed.from_main(world, lambda: run_dir or resolve_run_dir(cfg.output_dir))
+    if world.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
     info = RunInfo(config=cfg.model_dump(mode="json"), run_dir=run_dir,
                    total_steps=cfg.steps, start_step=1)
     parts = Parts(cfg=cfg, pm=pm, run_dir=run_dir, info=info, device=device,
                   autocast=use_bf16(cfg, device), model=model, tokenizer=tokenizer, engine=engine,
                   teacher=teacher, optimizer=optimizer, tasks=tasks, scorers=scorers,
                   prompts=TeacherPrompts(tasks, injectors, tokenizer), objective=objective,
-                  events=Events(pm, info, cfg.log.on_observer_error))
+                  events=Events(pm, info, cfg.log.on_observer_error), world=world)
     return Run(parts=parts, schedule=schedule,
                faults=InfraGuard(cfg.faults.max_infra_fraction, cfg.faults.steps))

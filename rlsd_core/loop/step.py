@@ -18,10 +18,11 @@ Where it departs from a textbook GRPO step:
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from contextlib import contextmanager
 
-from . import stages
+from . import distributed, stages
 from .metrics import step_metrics
 from .run import Run
 from .update import update
@@ -47,18 +48,25 @@ class StageTimer:
 
 
 def train_step(run: Run, step: int) -> dict:
-    """Run step `step` (counted from 1) and return its metrics."""
+    """Run step `step` (counted from 1) and return its metrics. Under torchrun each rank runs it
+    on its own rows of the step (rlsd_core.loop.distributed); the metrics read every rank's."""
     parts, timer = run.parts, StageTimer()
-    batch = stages.rows(parts, run.schedule, step)
+    whole = stages.rows(parts, run.schedule, step)
+    batch = distributed.local_rows(parts.world, whole)
     with timer("rollout"):
         out = stages.rollout(parts, batch)
     with timer("verify"):
         verified = stages.verify(parts, batch, out)
-    parts.events.after_rollout(step, [
-        {"task": batch.tasks[batch.of_response(i)].name, "prompt": batch.rows[batch.of_response(i)]["prompt"],
-         "response": text, "reward": v.reward, "category": v.category.value, "message": v.message}
-        for i, (text, v) in enumerate(zip(out.texts, verified.verdicts))])
-    run.faults.observe(parts, batch, verified)  # stops a run whose verifier keeps failing
+    samples = [{"task": batch.tasks[batch.of_response(i)].name,
+                "prompt": batch.rows[batch.of_response(i)]["prompt"], "response": text,
+                "reward": v.reward, "category": v.category.value, "message": v.message}
+               for i, (text, v) in enumerate(zip(out.texts, verified.verdicts))]
+    # Every rank's samples and verdicts in the step's global order: the observers see the whole
+    # step, and every rank's fault guard the same verdicts, so that all ranks stop together.
+    samples, everyone = distributed.gather_responses(parts.world, len(whole.rows),
+                                                     whole.group_size, samples, verified)
+    parts.events.after_rollout(step, samples)
+    run.faults.observe(parts, whole, everyone)  # stops a run whose verifier keeps failing
     teacher_side = stages.teacher_prompts(parts, batch, out, verified)
     adv = stages.advantages(parts, batch, verified)
     with timer("pi_old"):
@@ -70,7 +78,12 @@ def train_step(run: Run, step: int) -> dict:
         train_stats = update(parts, out, credit, step)
     with timer("sync"):
         synced = stages.sync(parts, step)
-    metrics, diagnostics = step_metrics(parts, batch, out, verified, credit, train_stats, synced,
+    # The metrics of the whole step: every rank's records in the global order (the logits, the
+    # one large tensor, stay home: no metric reads them).
+    out, credit = distributed.gather_responses(
+        parts.world, len(whole.rows), whole.group_size, out,
+        credit if parts.world.size == 1 else dataclasses.replace(credit, teacher_logits=None))
+    metrics, diagnostics = step_metrics(parts, whole, out, everyone, credit, train_stats, synced,
                                         timer.total())
     run.schedule.observe(diagnostics["run"], diagnostics["tasks"])
     return metrics

@@ -17,7 +17,9 @@ Where the copy lives and what it costs: "snapshot" and "ema" hold one deep copy 
 module (parameters and buffers) on the policy's device and in its dtype, with no gradients and no
 optimizer state (requires_grad as the policy's, see `_copy`): one extra copy of the weights, i.e. parameter count x bytes
 per element (3.2 M x 4 B = 13 MB for the tiny fp32 model; 135 M x 4 B = 540 MB for SmolLM2-135M
-in fp32, 270 MB in bf16). "live" costs nothing. `memory_bytes()` reports the figure.
+in fp32, 270 MB in bf16). "live" costs nothing. `memory_bytes()` reports the figure. Under
+torchrun the copy is sharded like the policy (rlsd_core.loop.distributed.shard): 1/W per rank,
+and a refresh copies shard to shard with no communication.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import copy
 import torch
 
 from ..models import TokenScores, token_logprobs
+from .distributed import local_bytes, local_ptr
 
 MODES = ("snapshot", "live", "ema")
 
@@ -101,9 +104,9 @@ class Teacher:
         src = self.policy.state_dict()
         seen = set()
         for name, t in self.model.state_dict().items():
-            if t.data_ptr() in seen:  # a tied tensor appears under two names; update it once
+            if local_ptr(t) in seen:  # a tied tensor appears under two names; update it once
                 continue
-            seen.add(t.data_ptr())
+            seen.add(local_ptr(t))
             if t.is_floating_point():
                 t.lerp_(src[name].to(t.dtype), 1.0 - self.ema_decay)
             else:  # integer buffers (counters, ids) cannot be averaged
@@ -131,14 +134,15 @@ class Teacher:
             self.model.train(was_training)
 
     def memory_bytes(self) -> int:
-        """Bytes held by the teacher's own copy of the weights (0 in "live" mode)."""
+        """Bytes held by the teacher's own copy of the weights (0 in "live" mode); in a sharded
+        run, this rank's shards."""
         if self.mode == "live":
             return 0
         seen, total = set(), 0
         for t in self.model.state_dict().values():
-            if t.data_ptr() not in seen:
-                seen.add(t.data_ptr())
-                total += t.numel() * t.element_size()
+            if local_ptr(t) not in seen:
+                seen.add(local_ptr(t))
+                total += local_bytes(t)
         return total
 
     # -- resume -----------------------------------------------------------------------------

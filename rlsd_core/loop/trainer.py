@@ -10,9 +10,10 @@ stops the run, by `log.on_observer_error`); the loop itself writes only the conf
 checkpoints and the summary.
 
 Reproducibility: the same config and seed give the same metrics on the same machine and thread
-count: torch is seeded, each rollout is sampled with seed (seed, step), the rows of each step
-depend only on (seed, step), and mini-batches are shuffled by a generator seeded with (seed,
-step). What remains: float reductions in matmuls depend on the thread count and CPU kernel
+count: torch is seeded, each row of a step is sampled with a seed of (seed, step, row), the rows
+of each step depend only on (seed, step), and mini-batches are shuffled by a generator seeded
+with (seed, step). None of these depends on the number of ranks under torchrun
+(rlsd_core.loop.distributed), so 1 and N processes log the same metrics up to float rounding. What remains: float reductions in matmuls depend on the thread count and CPU kernel
 (AVX-512 vs AVX2), and GPU kernels are not bitwise deterministic, so runs on other hardware
 differ in the last bits and, through sampling, diverge after a few steps.
 """
@@ -28,7 +29,7 @@ from ..config import TrainConfig
 from ..data import json_safe
 from ..data.files import write_text_atomic
 from ..plugins import PluginManager
-from . import checkpoint
+from . import checkpoint, distributed
 from .evaluation import evaluate_task
 from .run import Reporter, Run, quiet, setup
 from .step import train_step
@@ -99,14 +100,17 @@ def train(cfg: TrainConfig, pm: PluginManager | None = None, *, reporter: Report
             start = checkpoint.restore(run, resume)  # trims the logs; sets info.start_step
         # Only now, and atomically: a resume that fails must leave the run's own config.yaml
         # as it was, or a plain `--resume` afterwards would fail too.
-        write_text_atomic(run.parts.run_dir / "config.yaml", cfg.to_yaml())
+        if run.parts.world.is_main:
+            write_text_atomic(run.parts.run_dir / "config.yaml", cfg.to_yaml())
         events.before_run()
         run_steps(run, start)
         checkpoint.save(run, cfg.steps, keep=cfg.checkpoint_keep)
         summary = summarize(run, time.perf_counter() - started)
-        write_text_atomic(run.parts.run_dir / "summary.json",
-                          json.dumps(json_safe(summary), indent=1, allow_nan=False))
+        if run.parts.world.is_main:
+            write_text_atomic(run.parts.run_dir / "summary.json",
+                              json.dumps(json_safe(summary), indent=1, allow_nan=False))
         events.after_run(summary)
+        distributed.stop(run.parts.world)
         return summary
     except BaseException as exc:
         events.on_error(run.progress.step, exc)
