@@ -226,7 +226,7 @@ def gather_responses(world: World, rows: int, group: int, *records):
         return records
     everyone = all_gather(world, [_to_cpu(r) for r in records])
     order = [(g % world.size, (g // world.size) * group + k) for g in range(rows) for k in range(group)]
-    return tuple(_merge([mine[j] for mine in everyone], order) for j in range(len(records)))
+    return tuple(merge_ranks([mine[j] for mine in everyone], order) for j in range(len(records)))
 
 
 def _to_cpu(value):
@@ -238,13 +238,16 @@ def _to_cpu(value):
     return value
 
 
-def _merge(values: list, order: list[tuple[int, int]]):
+def merge_ranks(values: list, order: list[tuple[int, int]]):
+    """One record from every rank's (`values`, in rank order): entry j of the result is entry
+    order[j] = (rank, local index). Dataclasses field by field; lists picked; tensors [n, ...]
+    zero-padded to the largest trailing shape, then picked; None stays None."""
     first = values[0]
     if first is None:
         return None
     if dataclasses.is_dataclass(first) and not isinstance(first, type):
         return dataclasses.replace(first, **{
-            f.name: _merge([getattr(v, f.name) for v in values], order)
+            f.name: merge_ranks([getattr(v, f.name) for v in values], order)
             for f in dataclasses.fields(first) if f.init})
     if isinstance(first, (list, tuple)):
         return type(first)(values[r][i] for r, i in order)
