@@ -12,6 +12,7 @@
     checkpoint.py atomic checkpoints and resume
     evaluation.py held-out greedy accuracy and pass@k (also `rlsd eval`)
     warmup.py     the cached supervised warm-up of the embedded default
+    distributed.py data parallel under torchrun: process group, FSDP2, the ranks' rows and sums
 """
 
 from .batch import Credit, Rollout, StepBatch, Verified, draw_rows, task_counts

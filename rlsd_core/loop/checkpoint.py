@@ -362,8 +362,10 @@ def restore(run, path: Path) -> int:
         raise CheckpointError(f"{path} is damaged: {problem}")
     # Everything to the CPU first: the RNG states must stay there, and the optimizer and teacher
     # copy their tensors onto the parameters' device when they load.
+    # Under torchrun every rank reads the file: mapped, so the ranks of a node share one copy.
     try:
-        state = torch.load(state_file, map_location="cpu", weights_only=False)
+        state = torch.load(state_file, map_location="cpu", weights_only=False,
+                           mmap=run.parts.world.size > 1)
     except Exception as exc:  # noqa: BLE001 - a damaged file that passed the header checks
         raise CheckpointError(f"{state_file} cannot be loaded ({type(exc).__name__}: {exc}); "
                               f"resume from an older checkpoint (delete this one)") from None
