@@ -30,7 +30,9 @@ from pathlib import Path
 STAGES = ("rollout", "verify", "score", "train", "sync", "step")
 
 
-def one_run(nproc: int, args, root: Path, env: dict) -> tuple[float, dict[str, float]]:
+def one_run(nproc: int, args, root: Path,
+            env: dict) -> tuple[tuple[float, float], dict[str, float]]:
+    """((wall s, CPU s of all ranks), median seconds per stage) of one run."""
     out = root / f"run-{nproc}"
     cli = ["-m", "rlsd_core.cli", "train", "--steps", str(args.steps), "--threads", "1",
            "--warmup.enabled", "false", "--rollout.prompts_per_step", str(args.prompts),

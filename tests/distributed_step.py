@@ -60,10 +60,10 @@ def main(config: str, out: str) -> None:
             f.name: [getattr(everything, f.name)[i] for i in mine]
             for f in dataclasses.fields(everything)})
     verified = stages.verify(parts, batch, rollout)
-    teacher_ids = stages.teacher_prompts(parts, batch, rollout, verified)
-    credit = stages.score(parts, batch, rollout, verified, teacher_ids,
+    teacher_side = stages.teacher_prompts(parts, batch, rollout, verified)
+    credit = stages.score(parts, batch, rollout, verified, teacher_side,
                           stages.advantages(parts, batch, verified))
-    credit = stages.magnitude(parts, batch, credit)
+    credit = stages.magnitude(parts, batch, rollout, credit)
     parts.optimizer = Recorder(parts.optimizer, parts.model)
     stats = update(parts, rollout, credit, 1)
     if world.is_main:
