@@ -110,6 +110,8 @@ def test_world_size_one_runs_no_collective():
     records = (["a"], torch.ones(1))
     assert distributed.gather_responses(w, 1, 1, *records) == records
     assert distributed.full_state(w, torch.nn.Linear(2, 2)) is None
+    with distributed.unsharded(w, torch.nn.Linear(2, 2)):  # no FSDP: nothing to gather
+        pass
     parts = {"optimizer": object(), "teacher": None}
     assert distributed.checkpoint_parts(w, None, parts) is parts
 

@@ -329,6 +329,19 @@ def gathered(model) -> Iterator[None]:
         model.set_reshard_after_forward(False, recurse=False)  # as `shard` left the root
 
 
+@contextmanager
+def unsharded(world: World, model) -> Iterator[None]:
+    """`gathered` for the no-grad scoring forwards, a no-op at world size 1: with the weights
+    gathered once for the stage, its forwards make no collective, so a rank may run another
+    number of them than its peers (it scores only its own responses, in micro-batches of its
+    own count). Costs what generation costs: one full compute-dtype copy of `model`."""
+    if world.size == 1 or not fsdp_modules(model):
+        yield
+        return
+    with gathered(model):
+        yield
+
+
 def full(tensor):
     """A DTensor gathered into a plain tensor on every rank (a plain tensor as it is)."""
     from torch.distributed.tensor import DTensor

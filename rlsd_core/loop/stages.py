@@ -19,7 +19,7 @@ from ..data import render_prompt, student_messages
 from ..engines import SamplingParams
 from ..models import TokenScores, token_logprobs
 from ..records import CreditInputs
-from . import scoring
+from . import distributed, scoring
 from .batch import Credit, Rollout, StepBatch, TeacherSide, Verified, draw_rows, rollout_seeds
 from .run import Parts
 from .schedule import Schedule
@@ -126,8 +126,11 @@ def pi_old(parts: Parts, out: Rollout, verified: Verified, teacher_side: Teacher
         response_mask = torch.arange(old_lp.shape[1], device=parts.device)[None, :] < lengths[:, None]
     else:
         source = "recompute"
-        old = scoring_forward(parts, functools.partial(token_logprobs, parts.model),
-                              out.prompt_ids, out.response_ids, return_entropy=True)
+        # Under torchrun the model is gathered once for the stage (distributed.unsharded): no
+        # collective inside, so ranks need not run the same number of scoring chunks.
+        with distributed.unsharded(parts.world, parts.model):
+            old = scoring_forward(parts, functools.partial(token_logprobs, parts.model),
+                                  out.prompt_ids, out.response_ids, return_entropy=True)
         old_lp, entropy, response_mask = old.logprobs, old.entropy, old.mask
     advantages_, filled = adv
     return Credit(advantages=advantages_, filled_rewards=filled,
@@ -142,7 +145,8 @@ def teacher(parts: Parts, batch: StepBatch, out: Rollout, credit: Credit) -> Cre
     Full-vocabulary logits (OPSD) are not computed here: the update asks for them per micro-batch."""
     if not batch.use_teacher:
         return credit
-    scores = scoring_forward(parts, parts.teacher.score, credit.teacher_ids, out.response_ids)
+    with distributed.unsharded(parts.world, parts.teacher.model):  # as pi_old's
+        scores = scoring_forward(parts, parts.teacher.score, credit.teacher_ids, out.response_ids)
     return dataclasses.replace(credit, teacher_logprobs=scores.logprobs)
 
 

@@ -57,10 +57,11 @@ def micro_loss(parts: Parts, out: Rollout, credit: Credit, micro: list[int], den
     wants_logits = (credit.teacher_logprobs is not None
                     and parts.objective.needs_logits(cfg.algo.model_dump()))
     teacher_logits = None
-    if wants_logits:
-        teacher_logits = scoring_forward(parts, parts.teacher.score,
-                                         [credit.teacher_ids[i] for i in micro], responses,
-                                         return_logits=True).logits
+    if wants_logits:  # gathered (torchrun): ranks may split it in different numbers of chunks
+        with distributed.unsharded(parts.world, parts.teacher.model):
+            teacher_logits = scoring_forward(parts, parts.teacher.score,
+                                             [credit.teacher_ids[i] for i in micro], responses,
+                                             return_logits=True).logits
     with autocast(parts):
         cur = token_logprobs(parts.model, [out.prompt_ids[i] for i in micro], responses,
                              temperature=cfg.rollout.temperature, micro_batch=len(micro),
