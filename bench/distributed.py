@@ -27,8 +27,6 @@ import tempfile
 import time
 from pathlib import Path
 
-STAGES = ("rollout", "verify", "score", "train", "sync", "step")
-
 
 def one_run(nproc: int, args, root: Path,
             env: dict) -> tuple[tuple[float, float], dict[str, float]]:
@@ -46,7 +44,10 @@ def one_run(nproc: int, args, root: Path,
     wall, cpu = time.perf_counter() - start, _children_cpu() - cpu
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in rows if r["step"] >= 2]
-    return (wall, cpu), {s: statistics.median(r[f"time/{s}_s"] for r in steps) for s in STAGES}
+    # Every timed stage the loop logs (time/<stage>_s), in its order: not a fixed list, so the
+    # table follows the loop when stages are split or added.
+    stages = [k[len("time/"):-len("_s")] for k in steps[0] if k.startswith("time/")]
+    return (wall, cpu), {s: statistics.median(r[f"time/{s}_s"] for r in steps) for s in stages}
 
 
 def _children_cpu() -> float:
@@ -76,13 +77,13 @@ def main() -> None:
             for n in runs:
                 runs[n].append(one_run(n, args, root, env))
         results = {n: ((min(r[0][0] for r in rs), min(r[0][1] for r in rs)),
-                       {s: min(r[1][s] for r in rs) for s in STAGES}) for n, rs in runs.items()}
+                       {s: min(r[1][s] for r in rs) for s in rs[0][1]}) for n, rs in runs.items()}
     one, many = results[1][1], results[args.nproc][1]
     print(f"tiny model, {args.prompts} prompts x 8 samples, {args.steps} steps, 1 thread per "
           f"process, {os.cpu_count()} CPUs, load average {load:.1f} at start")
     print(f"{'stage (s, median of steps 2..)':32} {'1 process':>10} {f'{args.nproc} ranks':>10} "
           f"{'ratio':>7}")
-    for stage in STAGES:
+    for stage in [s for s in one if s in many]:
         ratio = many[stage] / one[stage] if one[stage] > 0 else float("nan")
         print(f"{stage:32} {one[stage]:10.3f} {many[stage]:10.3f} {ratio:7.2f}")
     for i, what in enumerate(("whole run, wall s", "whole run, CPU s (all ranks)")):
