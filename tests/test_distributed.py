@@ -251,8 +251,13 @@ def test_a_two_rank_checkpoint_resumes_with_two_ranks_or_one(runs, env):
 @pytest.mark.slow
 def test_a_rank_that_raises_stops_the_run_with_its_traceback(tmp_path, env):
     """(d) Rank 1 raises in step 2 while rank 0 goes on into the update's collectives: torchrun
-    exits non-zero, names the failing rank and shows its error, in bounded time."""
-    cfg = {**CONFIG, "algo": {"loss": "crash_on_rank"}, "checkpoint_every": 0}
+    exits non-zero, names the failing rank and shows its error, in bounded time.
+
+    The same run loads the policy in bf16 (model.dtype bfloat16) and checkpoints step 1, which
+    the crash leaves intact: its weights are the fp32 masters FSDP stepped (distributed.shard
+    upcasts a 16-bit policy), whose low bits a bf16 policy stepped by AdamW would not have."""
+    cfg = {**CONFIG, "algo": {"loss": "crash_on_rank"}, "checkpoint_every": 1,
+           "model": {"dtype": "bfloat16"}}
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
     proc, seconds = _run(_torchrun("-m", "rlsd_core.cli", "train", "-c", str(tmp_path / "cfg.yaml"),
                                    "--output_dir", str(tmp_path / "run")),
@@ -266,3 +271,11 @@ def test_a_rank_that_raises_stops_the_run_with_its_traceback(tmp_path, env):
     assert seconds < 240, seconds
     metrics = _metrics(tmp_path / "run")
     assert [m["step"] for m in metrics] == [0, 1]  # step 2 never completed
+    assert metrics[1]["grad_norm"] > 0
+    from safetensors.torch import load_file
+
+    weights = load_file(tmp_path / "run" / "checkpoints" / "step-000001" / "model.safetensors")
+    assert {w.dtype for w in weights.values()} == {torch.float32}
+    low_bits = [float((w != w.to(torch.bfloat16).float()).float().mean()) for w in weights.values()
+                if w.dim() == 2]
+    assert min(low_bits) > 0.5, low_bits  # bf16 weights upcast: 0; stepped fp32 masters: ~1

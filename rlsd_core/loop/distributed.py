@@ -285,21 +285,29 @@ def fsdp_modules(model) -> list:
     return [m for m in model.modules() if isinstance(m, FSDPModule)]
 
 
-def shard(world: World, *models, bf16: bool) -> None:
-    """Shard each model's parameters over the ranks with FSDP2 (in place): `fully_shard` on each
-    decoder layer (all-gathered for its forward and backward, sharded again after), then on the
-    root (embeddings, final norm, head). With bf16 the all-gathered parameters are bf16 and
-    gradients are reduced in fp32 (the sharded master weights stay fp32). Gradients are SUMMED
-    over ranks, not averaged: each rank's loss already divides by the whole batch's count."""
+def shard(world: World, policy_model, *copies, bf16: bool) -> None:
+    """Shard the policy's parameters (and those of the teacher's `copies`) over the ranks with
+    FSDP2, in place: `fully_shard` on each decoder layer (all-gathered for its forward and
+    backward, sharded again after), then on the root (embeddings, final norm, head). With bf16
+    the all-gathered parameters are bf16 and gradients are reduced in fp32. The policy's sharded
+    parameters are always fp32: they are the master weights AdamW steps. A policy loaded in
+    16 bits (model.dtype bfloat16) is upcast before sharding and computes in its 16-bit dtype,
+    which costs 4P/W bytes per rank instead of 2P/W, and is what lets small updates add up
+    (AdamW stepping bf16 weights rounds them away). Gradients are SUMMED over ranks, not
+    averaged: each rank's loss already divides by the whole batch's count."""
     if world.size == 1:
         return
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+    low = [p.dtype for p in policy_model.parameters() if p.dtype in (torch.bfloat16, torch.float16)]
+    if low:
+        policy_model.float()
+    compute = low[0] if low else torch.bfloat16 if bf16 else None
     mesh = init_device_mesh(world.device_type, (world.size,))
-    policy = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-              if bf16 else MixedPrecisionPolicy())
-    for model in models:
+    policy = (MixedPrecisionPolicy(param_dtype=compute, reduce_dtype=torch.float32)
+              if compute is not None else MixedPrecisionPolicy())
+    for model in (policy_model, *copies):
         for layer in decoder_layers(model):
             fully_shard(layer, mesh=mesh, mp_policy=policy, reshard_after_forward=True)
         # The root's parameters are needed again right after its forward (the head, by the
