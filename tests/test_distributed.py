@@ -123,6 +123,18 @@ def test_too_few_prompts_for_the_ranks_is_a_config_error():
         distributed.check_rows(distributed.World(rank=0, size=4), 2)
 
 
+def test_rlsd_train_nproc_refuses_too_few_prompts_before_starting_anything(capsys):
+    """`rlsd train --nproc 4` with 2 prompts a step: one line, exit 2, no torchrun started."""
+    from rlsd_core.cli import main
+
+    assert main(["train", "--nproc", "4", "--rollout.prompts_per_step", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "rlsd train: rollout.prompts_per_step is 2 but the run has 4 ranks" in err
+    assert "Traceback" not in err
+    assert main(["train", "--nproc", "0"]) == 2
+    assert "--nproc 0: give a number of processes >= 1" in capsys.readouterr().err
+
+
 # --- two processes (torchrun, gloo) ----------------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -199,7 +199,12 @@ def run_train(args: argparse.Namespace) -> int:
                        tokenizer=None).dry_run()
         console.print("config OK")
         return 0
-    if nproc and nproc > 1 and "LOCAL_RANK" not in os.environ:  # validated once, here
+    launching = bool(nproc and nproc > 1 and "LOCAL_RANK" not in os.environ)
+    from ..loop.distributed import World, check_rows
+    # Before any process starts: one line, not a traceback from every rank.
+    check_rows(World(size=nproc if launching else int(os.environ.get("WORLD_SIZE", "1"))),
+               cfg.rollout.prompts_per_step)
+    if launching:  # validated once, here
         return launch(nproc, getattr(args, "argv", sys.argv[1:]))
     # Under torchrun rank 0 makes the run directory and setup hands it to the others.
     if run_dir is None and os.environ.get("RANK", "0") == "0":
