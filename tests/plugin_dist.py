@@ -3,7 +3,8 @@ point, on PYTHONPATH (subprocesses) or sys.path (in-process CLI calls). Entry-po
 then finds it exactly as it finds a pip-installed plugin.
 
 It provides the `even_length` verifier (a response of even length earns 1), which gives the
-untrained tiny model mixed groups, hence real gradients, and a non-trivial accuracy; and, when
+untrained tiny model mixed groups, hence real gradients, and a non-trivial accuracy; the
+`faults_on_rank0` verifier (under torchrun, a verifier_error for every sample of rank 0); and, when
 RESUME_TEST_STALL_AT=<step> is set, it stalls that step right after its rollout (where the
 resume test kills the process). `install_crashing` adds a second one, the `crash_on_rank`
 objective, which makes one rank of a torchrun run raise mid-step.
@@ -21,9 +22,18 @@ PLUGIN = textwrap.dedent('''
     def _even(completions, rows, **_):
         return [1.0 if len(c) % 2 == 0 else 0.0 for c in completions]
 
+    def _faults_on_rank0(completions, rows, **_):
+        # Under torchrun: an infrastructure fault (a reward outside [0, 1] is a verifier_error)
+        # for every sample rank 0 verifies, even_length's reward on the other ranks.
+        if os.environ.get("RANK") == "0":
+            return [2.0] * len(completions)
+        return _even(completions, rows)
+
     @hookimpl
     def rlsd_verifiers():
-        return [VerifierRecord(name="even_length", fn=_even, columns=(), in_process=True)]
+        return [VerifierRecord(name="even_length", fn=_even, columns=(), in_process=True),
+                VerifierRecord(name="faults_on_rank0", fn=_faults_on_rank0, columns=(),
+                               in_process=True)]
 
     @hookimpl
     def rlsd_after_rollout(run, step, samples):

@@ -14,7 +14,9 @@ real gradients: tests/plugin_dist.py). What they hold the two-process run to:
   (c) its step-2 checkpoint resumes to step 3 with 2 ranks (`rlsd train --nproc 2 --resume`),
       exactly as the uninterrupted run, and with 1 rank, to float rounding;
   (d) a rank that raises mid-step makes torchrun exit non-zero with that rank's traceback,
-      well within a bound, while the other rank waits in a collective.
+      well within a bound, while the other rank waits in a collective;
+  (e) the infrastructure-fault guard judges the whole step's verdicts on every rank, so every
+      rank stops together with the same error.
 Each torchrun test starts two processes on the 2-core CI machine: they are marked slow.
 """
 
@@ -291,3 +293,22 @@ def test_a_rank_that_raises_stops_the_run_with_its_traceback(tmp_path, env):
     low_bits = [float((w != w.to(torch.bfloat16).float()).float().mean()) for w in weights.values()
                 if w.dim() == 2]
     assert min(low_bits) > 0.5, low_bits  # bf16 weights upcast: 0; stepped fp32 masters: ~1
+
+
+@pytest.mark.slow
+def test_the_fault_guard_stops_every_rank_on_the_whole_steps_verdicts(tmp_path, env):
+    """(e) Rank 0's verifier faults on every sample it verifies, rank 1's on none: half of the
+    step's 16 samples, over max_infra_fraction 0.4. Every rank's guard reads the whole step
+    (rank 0 alone would see 8 of 8, rank 1 0 of 8), so both stop at step 1 with one error."""
+    task = {"name": "rev", "source": "reverse", "verifier": "faults_on_rank0", "eval_size": 2,
+            "train_size": 64}
+    cfg = {**CONFIG, "tasks": [task], "checkpoint_every": 0,
+           "faults": {"max_infra_fraction": 0.4, "steps": 1}}
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    proc, _ = _run(_torchrun("-m", "rlsd_core.cli", "train", "-c", str(tmp_path / "cfg.yaml"),
+                             "--output_dir", str(tmp_path / "run")), env, timeout=300)
+    assert proc.returncode != 0
+    lines = [x for x in proc.stderr.splitlines() if "8 of its 16 samples at step 1" in x]
+    assert len([x for x in lines if x.startswith("rlsd train: task 'rev'")]) == 2, proc.stderr[-3000:]
+    assert "8 of its 8 samples" not in proc.stderr
+    assert [m["step"] for m in _metrics(tmp_path / "run")] == [0]
