@@ -299,7 +299,8 @@ def test_a_rank_that_raises_stops_the_run_with_its_traceback(tmp_path, env):
 def test_the_fault_guard_stops_every_rank_on_the_whole_steps_verdicts(tmp_path, env):
     """(e) Rank 0's verifier faults on every sample it verifies, rank 1's on none: half of the
     step's 16 samples, over max_infra_fraction 0.4. Every rank's guard reads the whole step
-    (rank 0 alone would see 8 of 8, rank 1 0 of 8), so both stop at step 1 with one error."""
+    (rank 0 alone would see 8 of 8, rank 1 0 of 8, and rank 1 would go on into the update), so
+    every rank stops at step 1 with the error about 8 of 16."""
     task = {"name": "rev", "source": "reverse", "verifier": "faults_on_rank0", "eval_size": 2,
             "train_size": 64}
     cfg = {**CONFIG, "tasks": [task], "checkpoint_every": 0,
@@ -308,7 +309,8 @@ def test_the_fault_guard_stops_every_rank_on_the_whole_steps_verdicts(tmp_path, 
     proc, _ = _run(_torchrun("-m", "rlsd_core.cli", "train", "-c", str(tmp_path / "cfg.yaml"),
                              "--output_dir", str(tmp_path / "run")), env, timeout=300)
     assert proc.returncode != 0
-    lines = [x for x in proc.stderr.splitlines() if "8 of its 16 samples at step 1" in x]
-    assert len([x for x in lines if x.startswith("rlsd train: task 'rev'")]) == 2, proc.stderr[-3000:]
+    # Counted over the whole step. (Which ranks get to print it first is a race: torchrun stops
+    # the others as soon as one exits.)
+    assert "task 'rev': 8 of its 16 samples at step 1" in proc.stderr, proc.stderr[-3000:]
     assert "8 of its 8 samples" not in proc.stderr
     assert [m["step"] for m in _metrics(tmp_path / "run")] == [0]
