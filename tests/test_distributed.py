@@ -137,6 +137,21 @@ def test_rlsd_train_nproc_refuses_too_few_prompts_before_starting_anything(capsy
     assert "--nproc 0: give a number of processes >= 1" in capsys.readouterr().err
 
 
+def test_rlsd_train_nproc_runs_the_same_command_under_torchrun(monkeypatch):
+    """`rlsd train --nproc 2 ARGS` -> `torchrun --standalone --nproc-per-node=2 -m rlsd_core.cli
+    train ARGS`, every other argument kept in its order (the real launch: test (c))."""
+    from rlsd_core.cli import train as cli_train
+
+    calls = []
+    monkeypatch.setattr(cli_train.subprocess, "call", lambda cmd: calls.append(cmd) or 0)
+    assert cli_train.launch(2, ["train", "--steps", "2", "--nproc", "2", "--set", "a=1"]) == 0
+    assert cli_train.launch(3, ["--nproc=3", "-c", "x.yaml"]) == 0
+    head = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    assert calls == [
+        [*head, "--nproc-per-node=2", "-m", "rlsd_core.cli", "train", "--steps", "2", "--set", "a=1"],
+        [*head, "--nproc-per-node=3", "-m", "rlsd_core.cli", "train", "-c", "x.yaml"]]
+
+
 # --- two processes (torchrun, gloo) ----------------------------------------------------------------
 
 @pytest.fixture(scope="module")
