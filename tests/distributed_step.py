@@ -61,8 +61,9 @@ def main(config: str, out: str) -> None:
             for f in dataclasses.fields(everything)})
     verified = stages.verify(parts, batch, rollout)
     teacher_side = stages.teacher_prompts(parts, batch, rollout, verified)
-    credit = stages.score(parts, batch, rollout, verified, teacher_side,
-                          stages.advantages(parts, batch, verified))
+    credit = stages.pi_old(parts, rollout, verified, teacher_side,
+                           stages.advantages(parts, batch, verified))
+    credit = stages.teacher(parts, batch, rollout, credit)
     credit = stages.magnitude(parts, batch, rollout, credit)
     parts.optimizer = Recorder(parts.optimizer, parts.model)
     stats = update(parts, rollout, credit, 1)

@@ -242,10 +242,10 @@ def test_inverse_cdf_sampling_follows_the_distribution():
     probs = torch.tensor([0.5, 0.25, 0.15, 0.1, 0.0])
     logits = probs.clamp(min=1e-30).log().expand(20_000, 5).contiguous()
     noise = torch.rand(20_000, generator=torch.Generator().manual_seed(0))
-    ids, lp = sample_next(logits, SamplingParams(temperature=1.0), noise)
+    ids, lp, _ = sample_next(logits, SamplingParams(temperature=1.0), noise)
     freq = torch.bincount(ids, minlength=5).float() / 20_000
     sigma = (probs * (1 - probs) / 20_000).sqrt()
     assert ((freq - probs).abs() <= 4 * sigma + 1e-9).all(), freq
     assert torch.allclose(lp, probs[ids].log())
-    nucleus, _ = sample_next(logits, SamplingParams(temperature=1.0, top_p=0.7), noise)
+    nucleus, _, _ = sample_next(logits, SamplingParams(temperature=1.0, top_p=0.7), noise)
     assert set(nucleus.tolist()) == {0, 1}  # 0.5 + 0.25 reaches 0.7: the rest is cut

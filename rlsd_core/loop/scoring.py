@@ -48,6 +48,9 @@ def rollout_pi_old_refusal(cfg: TrainConfig, model, engine, autocast: bool) -> s
     mode = cfg.scoring.pi_old
     if mode == "recompute":
         return "scoring.pi_old is 'recompute'"
+    # Under torchrun the engine is wrapped (distributed.ShardedEngine: it samples from the
+    # policy's gathered weights, the very ones the trainer's forward gathers).
+    engine = getattr(engine, "engine", engine)
     colocated = (cfg.rollout.engine == "hf" if engine is None  # at setup: the one make_engine builds
                  else isinstance(engine, HFEngine) and engine.model is model)
     if not colocated:

@@ -18,7 +18,6 @@ Where it departs from a textbook GRPO step:
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from contextlib import contextmanager
 
@@ -78,11 +77,9 @@ def train_step(run: Run, step: int) -> dict:
         train_stats = update(parts, out, credit, step)
     with timer("sync"):
         synced = stages.sync(parts, step)
-    # The metrics of the whole step: every rank's records in the global order (the logits, the
-    # one large tensor, stay home: no metric reads them).
-    out, credit = distributed.gather_responses(
-        parts.world, len(whole.rows), whole.group_size, out,
-        credit if parts.world.size == 1 else dataclasses.replace(credit, teacher_logits=None))
+    # The metrics of the whole step: every rank's records in the global order.
+    out, credit = distributed.gather_responses(parts.world, len(whole.rows), whole.group_size,
+                                               out, credit)
     metrics, diagnostics = step_metrics(parts, whole, out, everyone, credit, train_stats, synced,
                                         timer.total())
     run.schedule.observe(diagnostics["run"], diagnostics["tasks"])
