@@ -178,6 +178,13 @@ class TeacherConfig(_Section):
                                 "policy, or an EMA copy.")
     sync_every: int = Field(10, ge=1, description="Snapshot refresh period in steps.")
     ema_decay: float = Field(0.99, gt=0, lt=1, description="EMA decay (mode ema).")
+    check: AutoBool = Field(
+        "auto", description="Before step 1, run a small teacher check (`rlsd check-teacher`) and "
+                            "warn when the teacher is not informative: auto = when the objective "
+                            "uses the teacher (rlsd, opsd, grpo+opsd); the result goes to "
+                            "teacher_check.json.")
+    check_rows: int = Field(32, ge=1, description="Held-out rows per task of that check (greedy "
+                                                  "with and without the hint; G sampled each).")
 
 
 class ScoringConfig(_Section):

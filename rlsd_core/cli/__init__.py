@@ -9,6 +9,7 @@ only wires them together, so a command never grows into the others.
   rlsd verify --verifier NAME FILE score JSONL rows with a verifier (cli/verify.py)
   rlsd train ...                   the training loop (cli/train.py)
   rlsd eval CHECKPOINT --suite S   held-out accuracy and pass@k (cli/eval.py)
+  rlsd check-teacher ...           is the self-teacher informative? (cli/check_teacher.py)
 `python -m rlsd_core.cli ...` is the same command (cli/__main__.py).
 
 Errors: `main` runs every command inside one handler (cli/errors.py): a user's mistake is one or
@@ -34,7 +35,7 @@ _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Each module exposes register(subparsers); listed in the order `rlsd --help` shows them.
 COMMAND_MODULES = ("rlsd_core.cli.plugins", "rlsd_core.cli.new_plugin", "rlsd_core.cli.verify",
-                   "rlsd_core.cli.train", "rlsd_core.cli.eval")
+                   "rlsd_core.cli.train", "rlsd_core.cli.eval", "rlsd_core.cli.check_teacher")
 
 
 def build_parser() -> argparse.ArgumentParser:

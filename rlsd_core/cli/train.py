@@ -17,6 +17,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 
 from ..config import ConfigError, build_config, iter_fields, parse_value, type_name
 from .errors import Failed, Interrupted, UsageError, describe_os_error, full_disk
@@ -88,8 +89,31 @@ def overrides_from_args(args: argparse.Namespace) -> list[tuple[str, object]]:
     return out
 
 
-class _WarmupProgress:
-    """Turns the trainer's warm-up events into a rich progress bar."""
+def suite_overrides(args: argparse.Namespace, pm) -> list[tuple[str, object]]:
+    """The flags' overrides, with --suite's task list first (the flags may change its entries)."""
+    overrides = overrides_from_args(args)
+    if getattr(args, "suite", None):
+        from ..data import suite_tasks
+        overrides.insert(0, ("tasks", suite_tasks(args.suite, pm.registry)))
+    return overrides
+
+
+def config_from_args(args: argparse.Namespace, pm, config_file=None, *, check: bool = True):
+    """The run config of these flags (`add_arguments`): defaults <- YAML <- --suite <- flags,
+    with every plugin name checked unless `check` is False. Raises ConfigError,
+    UnknownNameError or SuiteError."""
+    from ..config import check_plugins
+
+    cfg = build_config(config_file if config_file is not None else args.config,
+                       suite_overrides(args, pm))
+    if check:
+        check_plugins(cfg, pm.registry)
+    return cfg
+
+
+class WarmupProgress:
+    """Turns the trainer's set-up events into console output: the warm-up's progress bar, the
+    step-0 teacher check's verdict per task."""
 
     def __init__(self, console) -> None:
         self.console = console
@@ -113,6 +137,21 @@ class _WarmupProgress:
         elif event == "warmup_done" and self.progress is not None:
             self.progress.stop()
             self.progress = None
+        elif event == "teacher_check":
+            self.teacher_check(payload)
+
+    def teacher_check(self, report: dict) -> None:
+        """One line per task; the ones that fail in yellow with their reason."""
+        self.console.print(f"teacher check ({report['seconds']:.0f} s; `rlsd check-teacher` for "
+                           f"the full one): {report['verdict']}", highlight=False)
+        for name, t in report["tasks"].items():
+            auroc = "n/a" if t["auroc"] is None else f"{t['auroc']:.2f}"
+            line = (f"  {name}: {t['verdict']}: greedy {100 * t['acc_student']:.0f}% -> "
+                    f"{100 * t['acc_teacher']:.0f}% with the hint, AUROC {auroc}, "
+                    f"{100 * t['clip_frac']:.0f}% of weights clipped")
+            if t["verdict"] != "informative":
+                line = f"[yellow]{line}. {t['reason']}[/yellow]"
+            self.console.print(line, highlight=False)
 
 
 def _resumed_config(args, pm, overrides):
@@ -175,15 +214,11 @@ def run_train(args: argparse.Namespace) -> int:
 
     console = Console(file=sys.stderr)
     pm = get_plugin_manager()
-    overrides = overrides_from_args(args)
-    if getattr(args, "suite", None):
-        from ..data import suite_tasks
-        overrides.insert(0, ("tasks", suite_tasks(args.suite, pm.registry)))
     run_dir = resume = None
     if getattr(args, "resume", None):
-        run_dir, cfg, resume = _resumed_config(args, pm, overrides)
+        run_dir, cfg, resume = _resumed_config(args, pm, suite_overrides(args, pm))
     else:
-        cfg = build_config(args.config, overrides)
+        cfg = config_from_args(args, pm, check=False)
     if args.print_config:
         print(cfg.to_yaml(), end="")
         return 0
@@ -213,13 +248,14 @@ def run_train(args: argparse.Namespace) -> int:
 
     from transformers.utils import logging as hf_logging
 
-    from ..loop import train
+    from ..loop import TeacherCheckWarning, train
     from ..loop.distributed import recorded
 
     # Our own progress bars tell the story; transformers' per-load bars would bury them.
     hf_logging.disable_progress_bar()
+    warnings.simplefilter("ignore", TeacherCheckWarning)  # the reporter prints it, with the numbers
     try:
-        recorded(train)(cfg, pm, reporter=_WarmupProgress(console), run_dir=run_dir, resume=resume)
+        recorded(train)(cfg, pm, reporter=WarmupProgress(console), run_dir=run_dir, resume=resume)
     except KeyboardInterrupt:
         raise Interrupted(_stopped(run_dir, "training stopped")) from None
     except OSError as exc:

@@ -13,6 +13,7 @@
     evaluation.py held-out greedy accuracy and pass@k (also `rlsd eval`)
     warmup.py     the cached supervised warm-up of the embedded default
     distributed.py data parallel under torchrun: process group, FSDP2, the ranks' rows and sums
+    teacher_check.py  is the self-teacher informative? (`rlsd check-teacher`, the step-0 check)
 """
 
 from .batch import Credit, Rollout, StepBatch, Verified, draw_rows, task_counts
@@ -22,10 +23,13 @@ from .run import Parts, Progress, Run, load_policy, setup
 from .schedule import Schedule, ScheduleSlot
 from .step import train_step
 from .teacher import Teacher
+from .teacher_check import (TaskCheck, TeacherCheckReport, TeacherCheckWarning, check_config,
+                            check_tasks, run_check)
 from .trainer import evaluate, summarize, train
 from .warmup import build_examples, train_supervised, warmed_up_dir
 
 __all__ = ["CheckpointError", "Credit", "Parts", "Progress", "Rollout", "Run", "Schedule",
-           "ScheduleSlot", "StepBatch", "Teacher", "Verified", "build_examples", "draw_rows",
-           "evaluate", "evaluate_task", "load_policy", "pass_at_k", "setup", "summarize",
+           "ScheduleSlot", "StepBatch", "TaskCheck", "Teacher", "TeacherCheckReport",
+           "TeacherCheckWarning", "Verified", "build_examples", "check_config", "check_tasks", "draw_rows",
+           "evaluate", "evaluate_task", "load_policy", "pass_at_k", "run_check", "setup", "summarize",
            "task_counts", "train", "train_step", "train_supervised", "warmed_up_dir"]

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from pathlib import Path
 
 from ..config import TrainConfig
@@ -33,6 +34,7 @@ from . import checkpoint, distributed
 from .evaluation import evaluate_task
 from .run import Reporter, Run, quiet, setup
 from .step import train_step
+from .teacher_check import TeacherCheckWarning, run_check, summary_line
 
 
 def evaluate(run: Run) -> dict[str, float]:
@@ -65,6 +67,28 @@ def summarize(run: Run, seconds: float) -> dict:
             "loss": run.parts.cfg.algo.loss, "reward_window": tail, "tasks": tasks,
             "infra_masked": sum(m.get("infra_masked") or 0 for m in history),
             "disabled_observers": dict(run.parts.events.disabled)}
+
+
+def teacher_precheck(run: Run, reporter: Reporter) -> dict | None:
+    """The small teacher check before step 1 (`teacher.check`; rlsd_core.loop.teacher_check):
+    written to teacher_check.json, reported as a "teacher_check" event, and a warning naming the
+    numbers for every task whose teacher is not informative. None when switched off, and under
+    torchrun (the check generates and scores in one process; run `rlsd check-teacher` first)."""
+    cfg, parts = run.parts.cfg, run.parts
+    wanted = cfg.teacher.check == "true" or (cfg.teacher.check == "auto" and parts.teacher is not None)
+    if not wanted or parts.world.size > 1:
+        return None
+    report = run_check(run, rows=cfg.teacher.check_rows, sample_rows=cfg.teacher.check_rows)
+    data = report.to_dict()
+    write_text_atomic(parts.run_dir / "teacher_check.json",
+                      json.dumps(json_safe(data), indent=1, allow_nan=False))
+    reporter("teacher_check", data)
+    for task in report.failing():
+        warnings.warn(f"teacher check: the self-teacher is {task.verdict} on task {task.task!r} "
+                      f"({summary_line(task)}). {task.reason}. RLSD's token weights then carry no "
+                      "per-token information; see `rlsd check-teacher` and docs/teacher-check.md.",
+                      TeacherCheckWarning, stacklevel=2)
+    return data
 
 
 def run_steps(run: Run, start: int) -> None:
@@ -102,10 +126,14 @@ def train(cfg: TrainConfig, pm: PluginManager | None = None, *, reporter: Report
         # as it was, or a plain `--resume` afterwards would fail too.
         if run.parts.world.is_main:
             write_text_atomic(run.parts.run_dir / "config.yaml", cfg.to_yaml())
+        check = teacher_precheck(run, reporter) if start == 0 else None
         events.before_run()
         run_steps(run, start)
         checkpoint.save(run, cfg.steps, keep=cfg.checkpoint_keep)
         summary = summarize(run, time.perf_counter() - started)
+        if check is not None:
+            summary["teacher_check"] = {"verdict": check["verdict"], "seconds": check["seconds"],
+                                        "tasks": {k: v["verdict"] for k, v in check["tasks"].items()}}
         if run.parts.world.is_main:
             write_text_atomic(run.parts.run_dir / "summary.json",
                               json.dumps(json_safe(summary), indent=1, allow_nan=False))
