@@ -77,6 +77,7 @@ def _check(**over) -> TC.TaskCheck:
     ({"auroc": 0.3, "auroc_se": 0.05, "delta_right": -0.5, "delta_wrong": 0.5}, "harmful", "favours wrong"),
     ({"auroc": 0.55, "auroc_se": 0.03}, "uninformative", "AUROC >= 0.6"),
     ({"auroc": 0.62, "auroc_se": 0.07}, "uninformative", "does not separate"),  # not 2 SE above 0.5
+    ({"delta_right": 0.02, "delta_wrong": -0.02}, "uninformative", "too weak"),  # 0.04 < 0.5 ln 1.2
     ({"auroc": None, "auroc_se": None, "right": 0, "delta_right": None}, "uninformative", "no right response"),
     ({"auroc": None, "auroc_se": None, "right": 256, "delta_wrong": None}, "uninformative", "no wrong response"),
 ])

@@ -40,7 +40,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from .. import algo
-from ..data import TaskData, TeacherPrompts, privileged_text, render_prompt, student_messages
+from ..data import TaskData, TeacherPrompts, render_prompt, student_messages
 from ..engines import SamplingParams
 from ..leakage import leakage
 from ..models import token_logprobs
@@ -49,6 +49,7 @@ from .teacher import Teacher
 
 VERDICTS = ("informative", "uninformative", "harmful")  # ordered best to worst
 MIN_AUROC = 0.6    # a useful separation of right from wrong, not only a significant one
+MIN_GAP = 0.5      # delta right - delta wrong must reach this fraction of the clip range ln(1 + eps_w)
 Z = 2.0            # "significant": beyond two standard errors
 CHUNK = 32         # prompts per generate call
 
@@ -182,10 +183,17 @@ def judge(t: TaskCheck) -> tuple[str, str]:
         return "uninformative", (f"no {which} response among {t.samples} samples, so delta cannot "
                                  f"separate them ({acc}; RL gets no signal from such groups either)")
     sep = f"AUROC {t.auroc:.2f} +- {t.auroc_se:.2f}, delta right {t.delta_right:+.2f} vs wrong {t.delta_wrong:+.2f}"
-    if t.auroc - Z * t.auroc_se > 0.5 and t.auroc >= MIN_AUROC and t.delta_right > t.delta_wrong:
-        return "informative", f"delta separates right from wrong responses ({sep}); {acc}"
-    return "uninformative", (f"delta does not separate right from wrong responses well enough "
-                             f"(needs AUROC >= {MIN_AUROC} and {Z:g} SE above 0.5: {sep}); {acc}")
+    if not (t.auroc - Z * t.auroc_se > 0.5 and t.auroc >= MIN_AUROC):
+        return "uninformative", (f"delta does not separate right from wrong responses (needs AUROC "
+                                 f">= {MIN_AUROC} and {Z:g} SE above 0.5: {sep}); {acc}")
+    # A separation far inside the clip range moves RLSD's weights by a few percent: RLSD is then
+    # GRPO in all but name, however significant the AUROC.
+    need = MIN_GAP * math.log1p(t.eps_w)
+    if t.delta_right - t.delta_wrong < need:
+        return "uninformative", (f"delta ranks right above wrong responses but by {t.delta_right - t.delta_wrong:.3f} "
+                                 f"nats, less than {MIN_GAP:g} x ln(1 + eps_w) = {need:.3f}: too weak to "
+                                 f"move the evidence weights ({sep}); {acc}")
+    return "informative", f"delta separates right from wrong responses ({sep}); {acc}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -266,12 +274,12 @@ def _greedy_part(model_parts: dict, task: TaskData, scorer, settings: Settings) 
     tok, engine, prompts = model_parts["tokenizer"], model_parts["engine"], model_parts["prompts"]
     rows = task.eval[:settings.rows]
     student = [render_prompt(tok, student_messages(r)) for r in rows]
-    teacher = [prompts.ids(task.name, r) for r in rows]
+    pairs = [prompts.prompt(task.name, r) for r in rows]  # (ids, what only the teacher saw)
+    teacher, hints = [ids for ids, _ in pairs], [hint for _, hint in pairs]
     s_ok = _ok(scorer.score(_greedy(engine, tok, student, settings.eval_max_new_tokens), rows))
     t_texts = _greedy(engine, tok, teacher, settings.eval_max_new_tokens)
     t_ok = _ok(scorer.score(t_texts, rows))
-    leaks = sum(bool(leakage(text, privileged_text(tok, ids, row), row["prompt"]))
-                for text, ids, row in zip(t_texts, teacher, rows))
+    leaks = sum(bool(leakage(text, hint, row["prompt"])) for text, hint, row in zip(t_texts, hints, rows))
     return {"rows": len(rows), "acc_student": sum(s_ok) / len(rows), "acc_teacher": sum(t_ok) / len(rows),
             "acc_gain_se": paired_se(s_ok, t_ok), "leakage": leaks}
 

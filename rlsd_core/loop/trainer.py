@@ -57,11 +57,15 @@ def summarize(run: Run, seconds: float) -> dict:
     for task in run.parts.tasks:
         key = f"reward/{task.name}"
         series = [m[key] for m in history if m.get(key) is not None]
+        before, after, n = evals[0][task.name], evals[max(evals)][task.name], len(task.eval)
         tasks[task.name] = {
             "reward_first": sum(series[:tail]) / len(series[:tail]) if series else None,
             "reward_last": sum(series[-tail:]) / len(series[-tail:]) if series else None,
-            "heldout_before": evals[0][task.name], "heldout_after": evals[max(evals)][task.name],
-            "eval_size": len(task.eval), "verifier": task.verifier, "injector": task.injector,
+            "heldout_before": before, "heldout_after": after,
+            # Standard error of after - before as two independent n-problem evaluations
+            # (conservative: the same problems are evaluated twice, which correlates them).
+            "heldout_change_se": math.sqrt(before * (1 - before) / n + after * (1 - after) / n),
+            "eval_size": n, "verifier": task.verifier, "injector": task.injector,
         }
     return {"run_dir": str(run.parts.run_dir), "steps": len(history), "seconds": round(seconds, 1),
             "loss": run.parts.cfg.algo.loss, "reward_window": tail, "tasks": tasks,

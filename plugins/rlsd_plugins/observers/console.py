@@ -25,12 +25,17 @@ def results_table(summary: dict) -> Table:
     table.add_column("reward last", justify="right")
     table.add_column("held-out before", justify="right")
     table.add_column("held-out after", justify="right")
+    table.add_column("change (2 SE)", justify="right")
     table.caption = (f"reward: mean train reward over the first / last {window} steps; held-out: "
-                     f"greedy accuracy on problems never trained on")
+                     f"greedy accuracy on problems never trained on; SE: standard error of the "
+                     f"change")
     for name, t in summary["tasks"].items():
+        se = t.get("heldout_change_se")
+        moved = (f"{100 * (t['heldout_after'] - t['heldout_before']):+.1f} ({200 * se:.1f})"
+                 if se is not None else "-")
         table.add_row(name, t["verifier"], _pct(t["reward_first"]), _pct(t["reward_last"]),
                       f"{_pct(t['heldout_before'])} of {t['eval_size']}",
-                      _pct(t["heldout_after"]))
+                      _pct(t["heldout_after"]), moved)
     return table
 
 
