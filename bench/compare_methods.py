@@ -75,12 +75,14 @@ def t95(df: int) -> float:
 def task_entries(settings: dict, injector: str | None = None) -> list[dict]:
     """The embedded default's tasks with their rows pinned: source seed 0 (the held-out set is
     the same problems for every RL seed, and disjoint from what the warm-up trained on, which is
-    the same tasks' training rows) and settings['eval_size'] held-out problems each."""
+    the same tasks' training rows) and settings['eval_size'] held-out problems each (None: the
+    default's sizes, so that the warm start is the default's cached warm-up)."""
     out = []
     for task in TrainConfig().tasks:
         entry = task.model_dump(exclude_defaults=True)
         entry["options"] = {**task.options, "seed": 0}
-        entry["eval_size"] = settings["eval_size"]
+        if settings["eval_size"] is not None:
+            entry["eval_size"] = settings["eval_size"]
         if injector is not None:
             entry["injector"] = injector
         out.append(entry)
@@ -145,7 +147,8 @@ def warm_start(pm, settings: dict, log) -> Path:
 
 def teacher_check(pm, settings: dict, warm_dir: Path, log) -> dict:
     cfg = run_config("rlsd", 0, settings, warm_dir, Path("unused"))
-    report = check_config(cfg, pm, rows=settings["eval_size"], sample_rows=settings["check_sample_rows"])
+    rows = max(t.eval_size for t in cfg.tasks)  # every held-out problem (fewer when a task has fewer)
+    report = check_config(cfg, pm, rows=rows, sample_rows=settings["check_sample_rows"])
     data = report.to_dict()
     log(f"teacher check: {data['verdict']} ({data['seconds']:.0f} s): {data['reason']}")
     return data
@@ -460,7 +463,8 @@ def plot_all(records: list[dict], out_dir: Path, settings: dict) -> list[Path]:
         ax.fill_between(xs, [100 * v for v in lo], [100 * v for v in hi], color=COLORS[arm], alpha=0.1)
     ax.set_xlabel("RL step")
     ax.set_ylabel("held-out greedy accuracy, mean over tasks (%)")
-    ax.set_title(f"embedded default (tiny 3.2M model), {settings['eval_size']} held-out problems per task")
+    sizes = {t.name: t.eval_size for t in TrainConfig().tasks} if settings["eval_size"] is None else settings["eval_size"]
+    ax.set_title(f"embedded default (tiny 3.2M model), held-out problems: {sizes}", fontsize=9)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -497,7 +501,7 @@ def plot_all(records: list[dict], out_dir: Path, settings: dict) -> list[Path]:
 # =================================================================================================
 
 # None: the embedded default's own value (TrainConfig()).
-FULL = {"steps": None, "seeds": 5, "eval_size": 500, "eval_every": 8, "prompts": None, "group": None,
+FULL = {"steps": None, "seeds": 5, "eval_size": None, "eval_every": 8, "prompts": None, "group": None,
         "warmup_steps": None, "timing_steps": 6, "check_sample_rows": 64}
 QUICK = {"steps": 2, "seeds": 1, "eval_size": 8, "eval_every": 1, "prompts": 4, "group": 4,
          "warmup_steps": 6, "timing_steps": 1, "check_sample_rows": 2}
@@ -513,7 +517,8 @@ def parse_args(argv=None):
                    help="seeds are first-seed .. first-seed + seeds - 1 (to split seeds across processes)")
     p.add_argument("--steps", type=int, default=None, help="RL steps per run; grpo-2x runs twice as many "
                                                            "(full: the embedded default's)")
-    p.add_argument("--eval-size", type=int, default=None, help="held-out problems per task (full: 500)")
+    p.add_argument("--eval-size", type=int, default=None, help="held-out problems per task (full: the default's, 300 addition + 500 "
+                                                               "reverse)")
     p.add_argument("--eval-every", type=int, default=None, help="held-out evaluation period (full: 8)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1)")
     p.add_argument("--arms", default=",".join(ARMS), help=f"comma list of arms (default all: {','.join(ARMS)})")
@@ -522,14 +527,26 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def stage(out: Path, name: str, compute) -> dict:
+    """A stage's result, in its own file of --out (computed once; several processes can share
+    one --out because no two write the same file)."""
+    path = out / f"{name}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    value = compute()
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(value, indent=1))
+    tmp.replace(path)
+    return value
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     settings = dict(QUICK if args.quick else FULL)
     for key in ("seeds", "steps", "eval_size", "eval_every"):
         if getattr(args, key) is not None:
             settings[key] = getattr(args, key)
-    default = TrainConfig()
-    settings["steps"] = settings["steps"] or default.steps
+    settings["steps"] = settings["steps"] or TrainConfig().steps
     settings.update(threads=args.threads, quick=args.quick)
     skip = {s for s in args.skip.split(",") if s}
     arms = [a for a in args.arms.split(",") if a]
@@ -537,7 +554,7 @@ def main(argv=None) -> int:
         raise SystemExit(f"--arms: unknown arm(s) {sorted(set(arms) - set(ARMS))}; choose from {ARMS}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    logfile = (out / "log.txt").open("a", encoding="utf-8")
+    logfile = (out / f"log-{os.getpid()}.txt").open("a", encoding="utf-8")
     started = time.perf_counter()
 
     def log(msg: str) -> None:
@@ -549,59 +566,51 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     seeds = list(range(args.first_seed, args.first_seed + settings["seeds"]))
-    results_path = out / "results.json"
-    results = json.loads(results_path.read_text()) if results_path.exists() else {}
-    results.update({"settings": settings, "command": "python bench/compare_methods.py " + " ".join(argv or sys.argv[1:]),
-                    "machine": machine_description()})
-
-    def save():
-        tmp = results_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(results, indent=1))
-        tmp.replace(results_path)
-
+    stage(out, "settings", lambda: {**settings, "machine": machine_description(),
+                                    "command": "python bench/compare_methods.py " + " ".join(argv or sys.argv[1:])})
     collector = Collector(log, every=max(1, settings["steps"] // 4))
     pm = get_plugin_manager()
     pm.register(collector, name="compare_methods_collector")
     if not args.aggregate_only:
         log(f"settings: {json.dumps(settings)}")
         warm_dir = warm_start(pm, settings, log)
-        results["warm_start"] = str(warm_dir)
-        if "teacher_check" not in results and "teacher" not in skip:
-            results["teacher_check"] = teacher_check(pm, settings, warm_dir, log)
-            save()
+        if "teacher" not in skip:
+            stage(out, "teacher_check", lambda: teacher_check(pm, settings, warm_dir, log))
         # Seed-major order: an interrupted run still has every arm for its first seeds; the
         # step-time benchmark after the first seed, the same-seed rerun after the last.
         for seed in seeds:
             for arm in [a for a in ARMS if a in arms]:
                 run_one(pm, collector, arm, seed, settings, warm_dir, out, log)
-            aggregate(out, settings, results, log)
-            save()
-            if "timing" not in skip and "timing" not in results:
-                results["timing"] = step_time_benchmark(pm, settings, warm_dir, out, log)
-                save()
-        if "repro" not in skip and "repro" not in results and "rlsd" in arms:
-            first = json.loads((out / "records" / f"rlsd-s{seeds[0]}.json").read_text())
-            again = run_one(pm, collector, "rlsd", seeds[0], settings, warm_dir, out / "repro", log,
-                            name=f"rlsd-s{seeds[0]}-again")
-            results["repro"] = {"config": f"rlsd seed {seeds[0]}", **compare_histories(first["history"], again["history"]),
-                                "heldout_leakage_equal": first["heldout_leakage"] == again["heldout_leakage"]}
-            log(f"reproducibility: {results['repro']}")
-            save()
-    aggregate(out, settings, results, log)
-    results["total_seconds_this_invocation"] = time.perf_counter() - started
-    save()
+            aggregate(out, settings, log)
+            if "timing" not in skip:
+                stage(out, "timing", lambda: step_time_benchmark(pm, settings, warm_dir, out, log))
+        if "repro" not in skip and "rlsd" in arms:
+            stage(out, "repro", lambda: repro(pm, collector, seeds[0], settings, warm_dir, out, log))
+    aggregate(out, settings, log)
     log(f"done in {time.perf_counter() - started:.0f} s; results in {out}")
     return 0
 
 
-def aggregate(out: Path, settings: dict, results: dict, log) -> None:
+def repro(pm, collector, seed: int, settings: dict, warm_dir: Path, out: Path, log) -> dict:
+    """RLSD of one seed trained a second time, compared metric by metric with the first."""
+    first = json.loads((out / "records" / f"rlsd-s{seed}.json").read_text())
+    again = run_one(pm, collector, "rlsd", seed, settings, warm_dir, out / "repro", log, name=f"rlsd-s{seed}-again")
+    res = {"config": f"rlsd seed {seed}", **compare_histories(first["history"], again["history"]),
+           "heldout_leakage_equal": first["heldout_leakage"] == again["heldout_leakage"]}
+    log(f"reproducibility: {res}")
+    return res
+
+
+def aggregate(out: Path, settings: dict, log) -> None:
+    """results.json (every stage's file, the aggregate, the free checks), table.md, plots."""
     records = [json.loads(p.read_text()) for p in sorted((out / "records").glob("*.json"))]
     if not records:
         return
+    results = {name: json.loads((out / f"{name}.json").read_text())
+               for name in ("settings", "teacher_check", "timing", "repro") if (out / f"{name}.json").exists()}
     results["aggregate"] = summarize_records(records)
     # Free reproducibility checks: GRPO for N steps vs the first N steps of GRPO-2x (same config
-    # and seed but the step count), and RLSD with the `none` injector vs GRPO (delta is 0, so
-    # every token weight is exactly 1 and A_hat = A: the same updates, up to float rounding).
+    # and seed but the step count), and RLSD with the `none` injector vs GRPO.
     by_name = {r["name"]: r for r in records}
     prefix, control = {}, {}
     for r in records:
@@ -612,22 +621,29 @@ def aggregate(out: Path, settings: dict, results: dict, log) -> None:
             prefix[f"seed {r['seed']}"] = compare_histories(r["history"], twin["history"][:len(r["history"])])
         none = by_name.get(f"rlsd-none-s{r['seed']}")
         if none is not None:
-            # Step 1: the snapshot teacher equals the policy and sees the same prompt, so delta is
-            # exactly 0; later the policy drifts from the snapshot and delta measures that drift.
-            same = 0
-            for a, b in zip(r["history"][1:], none["history"][1:]):
-                if a.get("reward_mean") != b.get("reward_mean") or a.get("loss") != b.get("loss"):
-                    break
-                same += 1
-            control[f"seed {r['seed']}"] = {
-                "steps_identical_to_grpo": same, "delta_step1": none["history"][1].get("delta_mean"),
-                "final_grpo": mean_eval(r["history"][-1]), "final_rlsd_none": mean_eval(none["history"][-1])}
+            control[f"seed {r['seed']}"] = negative_control(r, none)
     results["repro_grpo_vs_grpo2x_prefix"] = prefix
     results["negative_control"] = control
+    tmp = out / f"results.json.tmp{os.getpid()}"
+    tmp.write_text(json.dumps(results, indent=1))
+    tmp.replace(out / "results.json")
     table = table_markdown(results["aggregate"])
     (out / "table.md").write_text(table)
     plot_all(records, out / "plots", settings)
     log("table:\n" + table)
+
+
+def negative_control(grpo: dict, none: dict) -> dict:
+    """RLSD whose teacher sees the student's prompt vs GRPO of the same seed. At step 1 the
+    snapshot teacher equals the policy, so delta is exactly 0, every weight is 1 and the step is
+    GRPO's; later the policy drifts from the snapshot and delta measures that drift only."""
+    same = 0
+    for a, b in zip(grpo["history"][1:], none["history"][1:]):
+        if a.get("reward_mean") != b.get("reward_mean") or a.get("loss") != b.get("loss"):
+            break
+        same += 1
+    return {"steps_identical_to_grpo": same, "delta_step1": none["history"][1].get("delta_mean"),
+            "final_grpo": mean_eval(grpo["history"][-1]), "final_rlsd_none": mean_eval(none["history"][-1])}
 
 
 def machine_description() -> str:

@@ -56,13 +56,15 @@ def evaluate_task(engine, tokenizer, task: TaskData, verifier, *, max_new_tokens
                   samples: int = 0, ks: Sequence[int] = (), temperature: float = 1.0,
                   seed: int = 0, chunk: int = CHUNK,
                   on_chunk: Callable[[int], None] | None = None) -> dict:
-    """{"accuracy", "n", "infra", "pass@k"...} on task.eval (see the module doc)."""
+    """{"accuracy", "n", "correct" (per held-out row, greedy), "infra", "pass@k"...} on
+    task.eval (see the module doc)."""
     rows = task.eval
     stop = (tokenizer.eos_token_id,)
     greedy = SamplingParams(n=1, temperature=0.0, max_new_tokens=max_new_tokens, stop_token_ids=stop)
     texts = [t[0] for t in _generate(engine, tokenizer, rows, greedy, chunk, on_chunk)]
     verdicts = verifier.score(texts, rows)
-    out = {"accuracy": sum(v.category.value == "ok" for v in verdicts) / len(rows), "n": len(rows),
+    correct = [v.category.value == "ok" for v in verdicts]
+    out = {"accuracy": sum(correct) / len(rows), "n": len(rows), "correct": correct,
            "infra": sum(v.is_infra for v in verdicts)}
     if samples and ks:
         sampled = SamplingParams(n=samples, temperature=temperature, max_new_tokens=max_new_tokens,

@@ -79,14 +79,20 @@ class Progress:
 
     history: list[dict] = field(default_factory=list)
     eval_history: dict[int, dict[str, float]] = field(default_factory=dict)
+    # Per held-out problem: right or not, at step 0 (the summary pairs them with the last
+    # evaluation's for the standard error of the change).
+    eval_before: dict[str, list[bool]] = field(default_factory=dict)
+    eval_after: dict[str, list[bool]] = field(default_factory=dict)  # the latest evaluation's
     step: int = 0
 
     def state_dict(self) -> dict:
-        return {"history": self.history, "eval_history": self.eval_history}
+        return {"history": self.history, "eval_history": self.eval_history,
+                "eval_before": self.eval_before}
 
     def load_state_dict(self, state: dict) -> None:
         self.history = list(state["history"])
         self.eval_history = {int(k): v for k, v in state["eval_history"].items()}
+        self.eval_before = dict(state.get("eval_before") or {})  # absent before rlsd 0.3
 
 
 @dataclass

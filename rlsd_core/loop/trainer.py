@@ -37,12 +37,29 @@ from .step import train_step
 from .teacher_check import TeacherCheckWarning, run_check, summary_line
 
 
-def evaluate(run: Run) -> dict[str, float]:
-    """Greedy accuracy per task (rlsd_core.loop.evaluation: the same code `rlsd eval` runs)."""
+def evaluate(run: Run, outcomes: dict[str, list[bool]] | None = None) -> dict[str, float]:
+    """Greedy accuracy per task (rlsd_core.loop.evaluation: the same code `rlsd eval` runs);
+    each problem's outcome goes to `outcomes[task]` when given."""
     p = run.parts
-    return {task.name: evaluate_task(p.engine, p.tokenizer, task, p.scorers[task.name],
-                                     max_new_tokens=p.cfg.eval.max_new_tokens)["accuracy"]
-            for task in p.tasks}
+    acc = {}
+    for task in p.tasks:
+        out = evaluate_task(p.engine, p.tokenizer, task, p.scorers[task.name],
+                            max_new_tokens=p.cfg.eval.max_new_tokens)
+        acc[task.name] = out["accuracy"]
+        if outcomes is not None:
+            outcomes[task.name] = out["correct"]
+    return acc
+
+
+def change_se(before: list[bool] | None, after: list[bool] | None, b: float, a: float, n: int) -> float:
+    """Standard error of held-out accuracy after - before. Paired over the same problems when
+    both outcome lists are known (sd of the per-problem differences / sqrt(n)); else as two
+    independent n-problem evaluations, sqrt(b(1-b)/n + a(1-a)/n), which overstates it."""
+    if before and after and len(before) == len(after) == n and n > 1:
+        d = [float(y) - float(x) for x, y in zip(before, after)]
+        m = sum(d) / n
+        return math.sqrt(sum((v - m) ** 2 for v in d) / (n - 1) / n)
+    return math.sqrt(b * (1 - b) / n + a * (1 - a) / n)
 
 
 def finite(metrics: dict) -> dict:
@@ -62,9 +79,8 @@ def summarize(run: Run, seconds: float) -> dict:
             "reward_first": sum(series[:tail]) / len(series[:tail]) if series else None,
             "reward_last": sum(series[-tail:]) / len(series[-tail:]) if series else None,
             "heldout_before": before, "heldout_after": after,
-            # Standard error of after - before as two independent n-problem evaluations
-            # (conservative: the same problems are evaluated twice, which correlates them).
-            "heldout_change_se": math.sqrt(before * (1 - before) / n + after * (1 - after) / n),
+            "heldout_change_se": change_se(run.progress.eval_before.get(task.name),
+                                           run.progress.eval_after.get(task.name), before, after, n),
             "eval_size": n, "verifier": task.verifier, "injector": task.injector,
         }
     return {"run_dir": str(run.parts.run_dir), "steps": len(history), "seconds": round(seconds, 1),
@@ -99,13 +115,13 @@ def run_steps(run: Run, start: int) -> None:
     """Steps start+1 .. cfg.steps, each followed by its evaluation, observers and checkpoint."""
     cfg, events, progress = run.parts.cfg, run.parts.events, run.progress
     if start == 0:
-        progress.eval_history[0] = evaluate(run)
+        progress.eval_history[0] = evaluate(run, progress.eval_before)
         events.after_step(0, {f"eval/{k}": v for k, v in progress.eval_history[0].items()} | {"step": 0})
     for step in range(start + 1, cfg.steps + 1):
         progress.step = step
         metrics = train_step(run, step)
         if step == cfg.steps or (cfg.eval.every and step % cfg.eval.every == 0):
-            progress.eval_history[step] = evaluate(run)
+            progress.eval_history[step] = evaluate(run, progress.eval_after)
             metrics.update({f"eval/{k}": v for k, v in progress.eval_history[step].items()})
         metrics = finite(metrics)
         progress.history.append(metrics)

@@ -27,8 +27,8 @@ def results_table(summary: dict) -> Table:
     table.add_column("held-out after", justify="right")
     table.add_column("change (2 SE)", justify="right")
     table.caption = (f"reward: mean train reward over the first / last {window} steps; held-out: "
-                     f"greedy accuracy on problems never trained on; SE: standard error of the "
-                     f"change")
+                     f"greedy accuracy on problems never trained on; change in points, with 2 "
+                     f"standard errors of the change (paired over the same problems)")
     for name, t in summary["tasks"].items():
         se = t.get("heldout_change_se")
         moved = (f"{100 * (t['heldout_after'] - t['heldout_before']):+.1f} ({200 * se:.1f})"
