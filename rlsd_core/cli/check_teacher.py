@@ -18,6 +18,8 @@ import json
 import sys
 
 from . import train as train_cli
+from ..data.files import check_writable, write_text_atomic
+from .errors import UsageError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -62,41 +64,29 @@ def report_table(report: dict):
 def run_check_teacher(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from ..config import ConfigError
-    from ..plugins import UnknownNameError, get_plugin_manager
+    from ..plugins import get_plugin_manager
 
     err = Console(file=sys.stderr, width=max(120, Console(file=sys.stderr).width))
     if getattr(args, "resume", None):
-        print("rlsd check-teacher: --resume does not apply; check a checkpoint with "
-              "--model.name_or_path runs/<run>/checkpoints/step-N --warmup.enabled false",
-              file=sys.stderr)
-        return 2
+        raise UsageError("--resume does not apply; check a checkpoint with --model.name_or_path "
+                         "runs/<run>/checkpoints/step-N --warmup.enabled false")
     if args.rows < 1 or args.sample_rows < 1:
-        print("rlsd check-teacher: --rows and --sample-rows must be >= 1", file=sys.stderr)
-        return 2
-    try:
-        pm = get_plugin_manager()
-        cfg = train_cli.config_from_args(args, pm)
-    except (ConfigError, UnknownNameError, ValueError) as exc:
-        print(f"rlsd check-teacher: {exc}", file=sys.stderr)
-        return 2
+        raise UsageError(f"--rows {args.rows} / --sample-rows {args.sample_rows}: give numbers >= 1")
+    pm = get_plugin_manager()
+    cfg = train_cli.config_from_args(args, pm)  # every plugin name checked, as for `rlsd train`
     if args.print_config or args.check:
         print(cfg.to_yaml(), end="") if args.print_config else err.print("config OK")
         return 0
+    if args.json and args.json != "-":
+        check_writable(args.json)  # before the model loads, not after the check
     from transformers.utils import logging as hf_logging
 
     from ..loop.teacher_check import check_config
-    from ..models import ModelSpecError
-    from ..records import TaskError
 
     hf_logging.disable_progress_bar()
-    try:
-        report = check_config(cfg, pm, rows=args.rows, sample_rows=args.sample_rows,
-                              reporter=train_cli.WarmupProgress(err),
-                              on_task=lambda name: err.print(f"checking the teacher on {name} ..."))
-    except (ConfigError, TaskError, ModelSpecError) as exc:
-        print(f"rlsd check-teacher: {exc}", file=sys.stderr)
-        return 2
+    report = check_config(cfg, pm, rows=args.rows, sample_rows=args.sample_rows,
+                          reporter=train_cli.WarmupProgress(err),
+                          on_task=lambda name: err.print(f"checking the teacher on {name} ..."))
     data = report.to_dict()
     out = err if args.json == "-" else Console(width=max(120, Console().width))
     out.print(report_table(data))
@@ -105,8 +95,7 @@ def run_check_teacher(args: argparse.Namespace) -> int:
     if args.json == "-":
         print(json.dumps(data, indent=1))
     elif args.json:
-        with open(args.json, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=1)
+        write_text_atomic(args.json, json.dumps(data, indent=1))
     return 0 if report.verdict == "informative" else 1
 
 
