@@ -199,7 +199,11 @@ def test_trainer_skips_the_check_when_off_or_without_teacher(pm, tmp_path, over)
 def test_cli_bad_config_and_json(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "rlsd_core.cli", "check-teacher", "--optim.lrr", "1"],
                           capture_output=True, text=True, cwd=ROOT)
-    assert proc.returncode == 2 and "unrecognized" in proc.stderr or "lrr" in proc.stderr
+    assert proc.returncode == 2 and ("unrecognized" in proc.stderr or "lrr" in proc.stderr)
+    proc = subprocess.run([sys.executable, "-m", "rlsd_core.cli", "check-teacher", "--rows", "0"],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 2 and "rlsd check-teacher: --rows 0" in proc.stderr
+    assert "Traceback" not in proc.stderr
     proc = subprocess.run([sys.executable, "-m", "rlsd_core.cli", "check-teacher",
                            "--set", "tasks.0.injector=nope"], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 2 and "no injector named 'nope'" in proc.stderr
