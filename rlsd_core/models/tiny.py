@@ -41,27 +41,12 @@ TINY_SPEC = {
     "max_position_embeddings": 512,
     "tie_word_embeddings": True,
     "seed": 0,
-    "corpus_version": 2,
+    "corpus_version": 1,
 }
 
 
-# The teacher prompts of the built-in injectors (rlsd_plugins.injectors.TEMPLATES): in the corpus
-# so that their words are single tokens. Spelt letter by letter they made the reference_answer
-# prompt 56 tokens longer than the student's instead of ~30, which the warm-up's privileged
-# examples and every teacher forward pay for.
-TEACHER_PHRASES = (
-    "Here is a reference solution:",
-    "After understanding the reference solution, please solve the problem above in your own way.",
-    "An earlier attempt at this problem was checked and found wrong. The checker said:",
-    "Avoid that mistake and solve the problem above in your own way.",
-    "Here is a correct solution to this problem:",
-    "After understanding the solution, please solve the problem above in your own way.",
-)
-
-
 def _corpus(n: int = 4000, seed: int = 0) -> list[str]:
-    """Synthetic text covering what the built-in tasks say: arithmetic, chat words, LaTeX answers,
-    the teacher prompts."""
+    """Synthetic text covering what the built-in tasks say: arithmetic, chat words, LaTeX answers."""
     rng = random.Random(seed)
     words = ("What is the answer question solve compute sum product difference of and then "
              "Here is a reference solution Solve it in your own way final answer is The "
@@ -73,8 +58,6 @@ def _corpus(n: int = 4000, seed: int = 0) -> list[str]:
         op = rng.choice("+-*")
         lines.append(f"What is {a} {op} {b}? {a}{op}{b}={c}. The final answer is \\boxed{{{c}}}.")
         lines.append(" ".join(rng.choice(words) for _ in range(rng.randint(4, 12))))
-        lines.append(f"Reverse the letters: [{','.join(rng.sample('abcdefghijklmnop', 3))}]\n\n"
-                     + rng.choice(TEACHER_PHRASES))
     return lines
 
 
