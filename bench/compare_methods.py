@@ -517,8 +517,9 @@ def parse_args(argv=None):
                    help="seeds are first-seed .. first-seed + seeds - 1 (to split seeds across processes)")
     p.add_argument("--steps", type=int, default=None, help="RL steps per run; grpo-2x runs twice as many "
                                                            "(full: the embedded default's)")
-    p.add_argument("--eval-size", type=int, default=None, help="held-out problems per task (full: the default's, 300 addition + 500 "
-                                                               "reverse)")
+    p.add_argument("--eval-size", type=int, default=None,
+                   help="held-out problems per task (full: the default's, 100 each; a larger set "
+                        "means a warm-up on the remaining rows, trained once and cached)")
     p.add_argument("--eval-every", type=int, default=None, help="held-out evaluation period (full: 8)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1)")
     p.add_argument("--arms", default=",".join(ARMS), help=f"comma list of arms (default all: {','.join(ARMS)})")
