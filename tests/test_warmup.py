@@ -58,3 +58,13 @@ def test_privileged_fraction_and_prompts(pm, tasks, tmp_path, monkeypatch):
     # Deterministic in the seed.
     again = build_examples(tasks, tok, prompts.messages, privileged_fraction=0.5, seed=0, mix="weight")
     assert again == examples
+
+
+def test_mix_rows_keeps_the_old_cache_key():
+    from rlsd_core.config import WarmupConfig
+    from rlsd_core.loop.warmup import key_settings
+
+    # A warm-up cached before `mix` existed was keyed on these fields only.
+    assert set(key_settings(WarmupConfig())) == {"enabled", "steps", "batch_size", "lr",
+                                                 "privileged_fraction"}
+    assert key_settings(WarmupConfig(mix="weight"))["mix"] == "weight"

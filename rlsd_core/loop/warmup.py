@@ -85,6 +85,12 @@ def build_examples(tasks, tokenizer, teacher_messages: Callable[[str, dict], lis
     return examples
 
 
+def key_settings(cfg) -> dict:
+    """The warm-up config as it enters the cache key. `mix` at its original behaviour ("rows")
+    stays out, so that warm-ups cached before the option existed are still found."""
+    return cfg.model_dump(exclude={"mix"} if cfg.mix == "rows" else None)
+
+
 def cache_key(base_dir: Path, settings: dict, samples: Sequence[str]) -> str:
     h = hashlib.sha256()
     h.update(f"warmup-v{WARMUP_VERSION}".encode())
@@ -177,10 +183,7 @@ def warmed_up_dir(base_dir: Path, tasks, teacher_messages, cfg, *, seed: int,
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     examples = build_examples(tasks, tokenizer, teacher_messages,
                               privileged_fraction=cfg.privileged_fraction, seed=seed, mix=cfg.mix)
-    # `mix` at its original behaviour ("rows") stays out of the key, so that warm-ups cached
-    # before the option existed are still found.
-    warmup = cfg.model_dump(exclude={"mix"} if cfg.mix == "rows" else None)
-    settings = {"warmup": warmup, "seed": seed,
+    settings = {"warmup": key_settings(cfg), "seed": seed,
                 "tasks": [(t.name, len(t.train), t.train[:3], t.eval[:3]) for t in tasks]}
     samples = [tokenizer.decode(p + t) for p, t in examples[:16]]
     out = cache_root() / f"warmup-{cache_key(base_dir, settings, samples)}"
