@@ -102,6 +102,12 @@ class TaskConfig(_Section):
     template: list[dict[str, str]] | None = Field(
         None, description="Student chat messages with {field} placeholders filled from each row, "
                           "e.g. [{role: user, content: 'Solve: {question}'}] ({{ }} for braces).")
+    image_dir: str | None = Field(
+        None, description="Where relative image paths of the rows start (default: the folder of "
+                          "the task's data file, else the current directory).")
+    max_image_pixels: int = Field(
+        50_000_000, ge=1, description="Largest image (width x height) a row may carry; a larger "
+                                      "one is an error before training starts.")
     verifiers: list[WeightedVerifier] = Field(
         default_factory=list, description="Several verifiers whose rewards are averaged with "
                                           "weights (instead of `verifier`).")

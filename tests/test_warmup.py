@@ -53,7 +53,7 @@ def test_privileged_fraction_and_prompts(pm, tasks, tmp_path, monkeypatch):
     prompts = TeacherPrompts(tasks, {"reference_answer": pm.registry.injector("reference_answer")}, tok)
     examples = build_examples(tasks, tok, prompts.messages, privileged_fraction=0.5, seed=0, mix="weight")
     assert len(examples) == 5250
-    hinted = [p for p, _ in examples if "reference solution" in tok.decode(p)]
+    hinted = [p for p, _, _ in examples if "reference solution" in tok.decode(p)]  # (prompt, target, pixels)
     assert 0.47 < len(hinted) / len(examples) < 0.53
     # Deterministic in the seed.
     again = build_examples(tasks, tok, prompts.messages, privileged_fraction=0.5, seed=0, mix="weight")

@@ -3,6 +3,9 @@ hook exactly like a third-party plugin's (entry point `task_sources` of the `rls
 
   addition       "What is 47 + 5?" -> "47+5=\\boxed{52}"  (math verifier); generated
   reverse        "Reverse the letters: [c,a,t]" -> "t,a,c"  (exact_match); generated
+  shapes         a picture of squares and circles in a grid, "How many squares are in the
+                 picture?" -> "3" (exact_match); generated with Pillow, the image as PNG bytes
+                 in the row's `images` (the `shapes` suite, docs/multimodal.md)
   files          local jsonl/json/parquet/arrow/csv files through Hugging Face `datasets`
                  (options: path (a file, a glob or a list), format (default: from the suffix))
   reasoning_gym  a reasoning-gym generator (options: dataset, size, seed, config: {...});
@@ -77,6 +80,62 @@ def reverse_rows(*, min_len: int = 3, max_len: int = 3, alphabet: str = "abcdefg
     return rows
 
 
+_PALETTE = ("#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#17becf", "#000000")
+
+
+def _shapes_image(layout: Sequence[str], grid: int, cell: int, rng: random.Random) -> bytes:
+    """PNG bytes of a grid x grid picture: each cell empty, a filled square or a filled circle
+    of a random colour, size and offset (so that neither the colour nor the painted area gives
+    the count away)."""
+    import io
+
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (grid * cell, grid * cell), "white")
+    draw = ImageDraw.Draw(image)
+    for k, kind in enumerate(layout):
+        if kind == "empty":
+            continue
+        side = rng.randint(cell // 2, cell - 6)
+        x0 = (k % grid) * cell + rng.randint(2, cell - side - 2)
+        y0 = (k // grid) * cell + rng.randint(2, cell - side - 2)
+        box = [x0, y0, x0 + side - 1, y0 + side - 1]
+        colour = rng.choice(_PALETTE)
+        (draw.rectangle if kind == "square" else draw.ellipse)(box, fill=colour)
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def shapes_rows(*, grid: int = 3, size: int = 2000, max_count: int | None = None,
+                distractors: bool = True, cell: int = 28, seed: int = 0) -> list[dict]:
+    """`size` pictures of up to `max_count` (default grid * grid) filled squares among circles
+    (`distractors`) in a grid x grid layout of `cell`-pixel cells; the answer is the number of
+    squares, drawn uniformly, so no count dominates. A 28-pixel cell is one token of a Qwen2-VL
+    (14-pixel patches merged 2 x 2): the 3 x 3 default is a 9-token image for the tiny VLM.
+    Deterministic in the options and the seed."""
+    for name, value, low, high in (("grid", grid, 1, 8), ("cell", cell, 12, 128)):
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise TaskError(f"shapes: {name} must be an int in [{low}, {high}], got {value!r}")
+    cells = grid * grid
+    top = cells if max_count is None else max_count
+    if isinstance(top, bool) or not isinstance(top, int) or not 1 <= top <= cells:
+        raise TaskError(f"shapes: max_count must be an int in [1, {cells}], got {max_count!r}")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 2:
+        raise TaskError(f"shapes: size must be an int >= 2, got {size!r}")
+    rng = random.Random(seed)
+    rows = []
+    for i in range(size):
+        count = rng.randint(0, top)
+        squares = set(rng.sample(range(cells), count))
+        layout = ["square" if k in squares else
+                  ("circle" if distractors and rng.random() < 0.5 else "empty") for k in range(cells)]
+        rows.append({"id": f"shapes-{seed}-{i}", "prompt": "How many squares are in the picture?",
+                     "images": [_shapes_image(layout, grid, cell, rng)], "answer": str(count),
+                     "target": str(count)})
+    return rows
+
+
 _FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".arrow": "arrow",
             ".csv": "csv"}
 
@@ -104,10 +163,27 @@ def files_rows(path: str | Sequence[str], format: str | None = None, split: str 
         data = datasets.load_dataset(fmt, data_files=found, split=split)
     except Exception as exc:  # noqa: BLE001 - datasets raises many types for bad files
         raise TaskError(f"options.path: cannot read {found} as {fmt}: {type(exc).__name__}: {exc}") from exc
+    data = _undecoded_images(data, datasets)
     rows = [dict(r) for r in data]
     if not rows:
         raise TaskError(f"options.path: data file(s) {found} hold no rows")
     return rows
+
+
+def _undecoded_images(data, datasets):
+    """Image columns (a `datasets` Image feature, or a list of them) read as {"bytes", "path"}
+    instead of decoded pictures: rlsd checks and decodes each image itself, once, and keeps the
+    encoded bytes in the row (rlsd_core docs/multimodal.md)."""
+    for name, feature in data.features.items():
+        if isinstance(feature, datasets.Image):
+            data = data.cast_column(name, datasets.Image(decode=False))
+        elif isinstance(feature, (datasets.Sequence, list)):
+            inner = feature.feature if isinstance(feature, datasets.Sequence) else feature[0]
+            if isinstance(inner, datasets.Image):
+                data = data.cast_column(name, [datasets.Image(decode=False)]
+                                        if isinstance(feature, list) else
+                                        datasets.Sequence(datasets.Image(decode=False)))
+    return data
 
 
 def reasoning_gym_rows(dataset: str, size: int = 1000, seed: int = 0,
@@ -158,6 +234,9 @@ def rlsd_task_sources():
         TaskSourceRecord(name="reverse", fn=reverse_rows, verifier="exact_match", generated=True,
                          description="Reverse 3 letters written as [c,a,t] (the embedded "
                                      "default's second task)."),
+        TaskSourceRecord(name="shapes", fn=shapes_rows, verifier="exact_match", generated=True,
+                         description="How many squares are in a Pillow-drawn picture (images; "
+                                     "the embedded vision-language setting)."),
         TaskSourceRecord(name="files", fn=files_rows, columns=(), verifier="exact_match",
                          description="Local jsonl/json/parquet/arrow/csv files via `datasets`."),
         TaskSourceRecord(name="reasoning_gym", fn=reasoning_gym_rows, verifier="reasoning_gym",

@@ -177,13 +177,14 @@ def run_eval(args: argparse.Namespace) -> int:
 
     from ..engines import make_engine
     from ..loop import evaluate_task
-    from ..models import load_model, load_tokenizer
+    from ..models import load_model, load_tokenizer, load_vision
 
     hf_logging.disable_progress_bar()
     if args.threads:
         torch.set_num_threads(args.threads)
     tokenizer = load_tokenizer(path)
     model = load_model(path, "float32")
+    vision = load_vision(path)  # None for a text model
     model.eval()
     engine = make_engine("hf", model, tokenizer)
     started = time.perf_counter()
@@ -200,7 +201,7 @@ def run_eval(args: argparse.Namespace) -> int:
                 try:
                     out = evaluate_task(engine, tokenizer, task, scorer, max_new_tokens=max_new,
                                         samples=args.samples, ks=ks if args.samples else (),
-                                        temperature=args.temperature, seed=seed,
+                                        temperature=args.temperature, seed=seed, vision=vision,
                                         on_chunk=lambda n, bar=bar: progress.advance(bar, n))
                 finally:
                     close = getattr(scorer, "close", None)

@@ -6,6 +6,13 @@ all see byte-identical prompts.
     row (+ the group's responses and verdicts for group injectors) -> injector
         -> teacher messages -> render_prompt -> teacher prompt ids        (teacher forward)
                             -> privileged_text (teacher minus student)     (leakage metric)
+
+Messages with image parts (rows with `images`, rlsd_core.data.images) go through
+`encode_prompt` instead, which decodes the images and asks the model's vision prompter
+(rlsd_core.models.vision.VisionPrompter) for the ids, each image expanded into its tokens, and
+the pixel inputs. The teacher is scored with the student's pixel inputs, so an injector must keep
+the images as they are (the built-in ones do; `TeacherPrompts.ids` checks it). Image parts carry
+no text, so the privileged text (and the leakage metric) never sees them.
 """
 
 from __future__ import annotations
@@ -15,7 +22,8 @@ import difflib
 from typing import Any, Mapping, Sequence
 
 from ..plugins import PluginError
-from ..records import InjectorContext, InjectorRecord
+from ..records import InjectorContext, InjectorRecord, TaskError
+from .images import image_refs, load_image
 
 
 def student_messages(row: Mapping[str, Any]) -> list[dict]:
@@ -34,16 +42,32 @@ def render_prompt(tokenizer, messages: list[dict]) -> list[int]:
     return [int(i) for i in ids]
 
 
+def encode_prompt(tokenizer, messages: list[dict], vision=None) -> tuple[list[int], Any]:
+    """(prompt ids, vision inputs): for text messages `render_prompt`'s ids and None; for
+    messages with images, `vision.encode(messages, images)` (a VisionPrompter)."""
+    refs = image_refs(messages)
+    if not refs:
+        return render_prompt(tokenizer, messages), None
+    if vision is None:
+        raise TaskError("the prompt holds images but the model has no image processor: train a "
+                        "vision-language model (e.g. --model.name_or_path tiny-vlm, or a "
+                        "Qwen2-VL / Qwen2.5-VL / Qwen3-VL directory); see docs/multimodal.md")
+    return vision.encode(messages, [load_image(r) for r in refs])
+
+
 class TeacherPrompts:
     """Builds teacher prompts with each task's injector (looked up once, by task name).
 
     `messages(task, row, **ctx)` returns the injector's chat messages; `ids(...)` the rendered
     prompt. For group injectors (`needs_group`), ctx carries the response's index in its group
-    and the group's responses and verdicts (see rlsd_core.InjectorContext).
+    and the group's responses and verdicts (see rlsd_core.InjectorContext). `vision`: the
+    model's vision prompter, for rows with images (None for a text model).
     """
 
-    def __init__(self, tasks: Sequence, injectors: Mapping[str, InjectorRecord], tokenizer) -> None:
+    def __init__(self, tasks: Sequence, injectors: Mapping[str, InjectorRecord], tokenizer,
+                 vision=None) -> None:
         self.tokenizer = tokenizer
+        self.vision = vision
         self._tasks = {t.name: t for t in tasks}
         self._injectors = {t.name: injectors[t.injector] for t in tasks}
 
@@ -90,12 +114,22 @@ class TeacherPrompts:
         return out
 
     def ids(self, task_name: str, row: Mapping[str, Any], **ctx_fields) -> list[int]:
-        return render_prompt(self.tokenizer, self.messages(task_name, row, **ctx_fields))
+        return self.prompt(task_name, row, **ctx_fields)[0]
 
     def prompt(self, task_name: str, row: Mapping[str, Any], **ctx_fields) -> tuple[list[int], str]:
         """(the teacher prompt's ids, its privileged text), from one call of the injector."""
         messages = self.messages(task_name, row, **ctx_fields)
-        return render_prompt(self.tokenizer, messages), privileged_text(student_messages(row), messages)
+        return self._encode(task_name, row, messages), privileged_text(student_messages(row), messages)
+
+    def _encode(self, task_name: str, row: Mapping[str, Any], messages: list[dict]) -> list[int]:
+        if not row.get("images"):
+            return render_prompt(self.tokenizer, messages)
+        # The teacher forward reuses the student's pixel inputs: the images must be the same.
+        if image_refs(messages) != row["images"]:
+            raise TaskError(f"task {task_name!r}: injector {self._injectors[task_name].name!r} "
+                            f"changed the images of the prompt; the teacher sees the student's "
+                            f"images (keep the image parts of student_messages as they are)")
+        return encode_prompt(self.tokenizer, messages, self.vision)[0]
 
 
 def message_text(messages: Sequence[Mapping[str, Any]]) -> str:

@@ -154,8 +154,9 @@ def _resolve_paths(entry: dict, base: Path | None) -> dict:
     def fix(p):
         return p if Path(p).expanduser().is_absolute() else str(base / p)
 
-    if isinstance(entry.get("path"), str):
-        entry["path"] = fix(entry["path"])
+    for key in ("path", "image_dir"):
+        if isinstance(entry.get(key), str):
+            entry[key] = fix(entry[key])
     opts = entry.get("options")
     if isinstance(opts, dict) and "path" in opts:
         opts = dict(opts)

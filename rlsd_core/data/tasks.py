@@ -4,9 +4,10 @@ and teach them.
 Data flow: config `tasks:` entry (`rlsd_core.config.TaskConfig`) -> the task source named by
 `source` (a plugin record: built-ins in rlsd_plugins.task_sources) or a JSONL file (`path`) ->
 raw rows -> `shape_rows` (column mapping and chat template, rlsd_core.data.suites) -> checked
-columns -> a disjoint split -> `TaskData`. A row is a dict with at least `prompt` (what the
-student sees as the user message) and `answer` (the gold the verifier checks and the default
-injector shows the teacher).
+columns -> images checked and placed (`attach_images`, rlsd_core.data.images) -> a disjoint
+split -> `TaskData`. A row is a dict with at least `prompt` (what the student sees as the user
+message) and `answer` (the gold the verifier checks and the default injector shows the teacher);
+it may carry `images` (docs/multimodal.md).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from typing import Any, Mapping, Sequence
 
 from ..records import TaskError
 from . import jsonl
+from .images import IMAGE_COLUMN, PLACEHOLDER, load_image, normalise_ref, place_images
+from .prompts import student_messages
 from .suites import shape_rows
 
 
@@ -105,6 +108,55 @@ def source_rows(cfg, registry, *, seed: int) -> tuple[list[dict], bool]:
     return rows, record.generated
 
 
+def image_base(cfg) -> Path:
+    """Where a task's relative image paths start: its `image_dir`, else the folder of its one
+    data file, else the current directory."""
+    if cfg.image_dir:
+        return Path(cfg.image_dir).expanduser()
+    data = cfg.path or cfg.options.get("path")
+    if isinstance(data, str) and Path(data).expanduser().is_file():
+        return Path(data).expanduser().resolve().parent
+    return Path.cwd()
+
+
+def attach_images(task: str, rows: list[dict], *, base: Path, max_pixels: int) -> list[dict]:
+    """Check every image of every row that has an `images` column (decoded once, so a missing
+    file, a file that is not an image, a truncated or too large one is found now, before any
+    model loads) and place them in the row's student messages (rlsd_core.data.images). Rows
+    without images are returned unchanged. Raises TaskError naming the task, the row (index and
+    id) and the image."""
+    out = []
+    for i, row in enumerate(rows):
+        raw = row.get(IMAGE_COLUMN)
+        if raw is None:
+            out.append(row)
+            continue
+        who = f"task {task!r}: row {i}" + (f" (id {row['id']!r})" if "id" in row else "")
+        items = list(raw) if isinstance(raw, (list, tuple)) else [raw]
+        if not items:
+            raise TaskError(f"{who}: `images` is an empty list; drop the column or give images")
+        refs = []
+        for k, item in enumerate(items):
+            try:
+                ref = normalise_ref(item, base)
+                load_image(ref, max_pixels)
+            except ValueError as exc:
+                raise TaskError(f"{who}: image {k} {exc}") from None
+            refs.append(ref)
+        try:
+            messages = place_images(student_messages(row), refs)
+        except ValueError as exc:
+            raise TaskError(f"{who}: {exc}") from None
+        # `prompt` is the student's text (leakage, logs): without the image placeholders.
+        prompt = " ".join(p.strip() for p in row["prompt"].split(PLACEHOLDER) if p.strip())
+        out.append({**row, IMAGE_COLUMN: refs, "messages": messages, "prompt": prompt})
+    return out
+
+
+def has_images(task: TaskData) -> bool:
+    return any(row.get(IMAGE_COLUMN) for row in task.train[:1] + task.eval[:1])
+
+
 def load_task(cfg, registry, *, seed: int) -> TaskData:
     """Build one task from its config entry (`rlsd_core.config.TaskConfig`)."""
     rows, shuffled = source_rows(cfg, registry, seed=seed)
@@ -113,6 +165,8 @@ def load_task(cfg, registry, *, seed: int) -> TaskData:
     verifier, injector = source_defaults(cfg, registry)
     columns = list(registry.verifier(verifier).columns) + list(registry.injector(injector).columns)
     check_rows(cfg.name, rows, columns)
+    if any(row.get(IMAGE_COLUMN) is not None for row in rows):
+        rows = attach_images(cfg.name, rows, base=image_base(cfg), max_pixels=cfg.max_image_pixels)
     train, held = split(rows, train_size=cfg.train_size, eval_size=cfg.eval_size,
                         seed=seed, shuffle=not shuffled)
     return TaskData(name=cfg.name, train=train, eval=held, verifier=verifier, injector=injector,

@@ -9,6 +9,10 @@ seeds, and samples each row by inverse CDF from its own noise, so a prompt's sam
 depend on the batch it is decoded in; and the left-padding / position-id convention is the one
 `token_logprobs` uses, so engine and trainer agree to float rounding.
 
+Images: `generate(prompts, params, vision=...)` takes one rlsd_core.models.vision.VisionInputs
+(or None) per prompt; the pixel inputs go into the prefill only, and the decoding positions
+continue the prompt's (3-D for M-RoPE models) positions.
+
 Colocated use: pass the training model itself; the engine then samples from the live weights and
 `load_weights(model.state_dict())` only checks that the tensors are the ones it already holds.
 """
@@ -22,6 +26,7 @@ from .base import (Generation, SamplingParams, WeightSyncError, check_prompts,
                                     resolve_eos_ids)
 from ..algo import token_entropy
 from ..models.forward import accepts_kwarg
+from ..models.vision import forward_kwargs
 
 
 def sample_next(logits: torch.Tensor, params: SamplingParams, noise: torch.Tensor | None
@@ -101,11 +106,13 @@ class HFEngine:
         self._closed = False
 
     # -- sampling ---------------------------------------------------------------------------
-    def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[list[Generation]]:
+    def generate(self, prompts: list[list[int]], params: SamplingParams,
+                 vision=None) -> list[list[Generation]]:
         self._check_open()
         check_prompts(prompts)
         rows = [list(p) for p in prompts for _ in range(params.n)]
         noise = sampling_noise(len(prompts), params, self._device())
+        pixels = [v for v in vision for _ in range(params.n)] if vision is not None else None
         stop = frozenset(self.eos_token_ids) | frozenset(params.stop_token_ids)
         flat: list[Generation] = []
         was_training = self.model.training
@@ -115,7 +122,8 @@ class HFEngine:
                 for start in range(0, len(rows), self.batch_size):
                     end = start + self.batch_size
                     flat.extend(self._decode(rows[start:end], params, stop,
-                                             None if noise is None else noise[start:end]))
+                                             None if noise is None else noise[start:end],
+                                             None if pixels is None else pixels[start:end]))
         finally:
             self.model.train(was_training)
         return [flat[i * params.n:(i + 1) * params.n] for i in range(len(prompts))]
@@ -123,7 +131,7 @@ class HFEngine:
     def _device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def _decode(self, rows, params, stop, noise) -> list[Generation]:
+    def _decode(self, rows, params, stop, noise, vision=None) -> list[Generation]:
         device = self._device()
         b, p_max = len(rows), max(len(r) for r in rows)
         ids = torch.full((b, p_max), self.pad_token_id, dtype=torch.long)
@@ -133,6 +141,8 @@ class HFEngine:
             attn[i, p_max - len(r):] = 1
         ids, attn = ids.to(device), attn.to(device)
         positions = (attn.cumsum(-1) - 1).clamp(min=0)
+        prefill = forward_kwargs(self.model, ids, attn, vision)  # {} without images
+        positions = prefill.pop("position_ids", positions)
         stop_t = torch.tensor(sorted(stop), device=device)
 
         out_ids = torch.empty((b, 0), dtype=torch.long, device=device)
@@ -149,8 +159,8 @@ class HFEngine:
         keep = {"logits_to_keep": 1} if accepts_kwarg(self.model, "logits_to_keep") else {}
         for t in range(params.max_new_tokens):
             out = self.model(input_ids=step_ids, attention_mask=attn, position_ids=positions,
-                             use_cache=True, **keep, **{cache_arg: past})
-            past = out.get(cache_arg)
+                             use_cache=True, **keep, **{cache_arg: past}, **prefill)
+            past, prefill = out.get(cache_arg), {}  # the pixel inputs go into the prefill only
             nxt, lp, ent = sample_next(out.logits[:, -1, :].float(), params,
                                        None if noise is None else noise[:, t])
             nxt = nxt.masked_fill(done, self.pad_token_id)
@@ -165,7 +175,7 @@ class HFEngine:
                 break
             # A finished row keeps decoding a masked pad (cheaper than reshaping the cache).
             attn = torch.cat([attn, (~done).long()[:, None]], 1)
-            positions = positions[:, -1:] + 1
+            positions = positions[..., -1:] + 1  # [B, 1], or [3, B, 1] for M-RoPE
             step_ids = nxt[:, None]
 
         ids_list, lp_list, ent_list = out_ids.tolist(), out_lp.tolist(), out_ent.tolist()

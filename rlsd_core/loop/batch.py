@@ -49,6 +49,8 @@ class StepBatch:
     group_size: int
     use_teacher: bool              # the objective and the lambdas call for the teacher forward
     seeds: tuple[int, ...] = ()    # per row: its rollout seed (rollout_seeds)
+    vision: list | None = None     # per row: its images' pixel inputs (VisionInputs or None);
+                                   # None when no row has images (the text path)
 
     def of_response(self, i: int) -> int:
         """The row index of response i."""
@@ -64,6 +66,8 @@ class Rollout:
     texts: list[str]
     finish_reasons: list[str]
     logprobs: list[list[float]]    # the engine's log-probs of each sampled token
+    vision: list | None = None     # per response: its row's pixel inputs (shared per group);
+                                   # the student, pi_old and teacher forwards all take them
     entropy: list[list[float]] | None = None  # the engine's entropy at each token, if it reports it
 
 

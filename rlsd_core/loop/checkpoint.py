@@ -134,6 +134,8 @@ def save(run, step: int, *, keep: int = 3) -> Path:
         tmp.mkdir()
         model.save_pretrained(tmp, state_dict=weights)
         tokenizer.save_pretrained(tmp)
+        if run.parts.vision is not None:  # the processor files: the checkpoint is a VLM directory
+            run.parts.vision.save(tmp)
         torch.save(state, tmp / STATE_FILE)
         _fsync_tree(tmp)
         if final.exists():  # re-saving a step (a resumed run that saves the same step again)

@@ -4,8 +4,8 @@ The one copy of the evaluation logic: the trainer's held-out accuracy (`loop.tra
 `eval/<task>` metrics) and `rlsd eval` both call `evaluate_task`, so evaluating a checkpoint
 reproduces the number the run logged for it.
 
-Data flow per task: held-out rows -> student chat prompt (`data.render_prompt`, byte-identical
-to training) -> engine.generate in chunks of `chunk` prompts (greedy; then, for pass@k, `samples`
+Data flow per task: held-out rows -> student chat prompt (`data.encode_prompt`, byte-identical
+to training; with the pixel inputs of rows with images) -> engine.generate in chunks of `chunk` prompts (greedy; then, for pass@k, `samples`
 responses per prompt at `temperature`, seeded) -> decoded text -> the task's verifier(s) ->
   accuracy   fraction of rows whose greedy response is judged `ok`
   pass@k     the unbiased estimator 1 - C(n-c, k) / C(n, k) per row (n samples, c of them ok),
@@ -20,7 +20,7 @@ import dataclasses
 from math import comb
 from typing import Callable, Sequence
 
-from ..data import TaskData, render_prompt, student_messages
+from ..data import TaskData, encode_prompt, student_messages
 from ..engines import SamplingParams
 
 CHUNK = 32  # prompts per generate call: progress granularity and bounded memory
@@ -36,16 +36,18 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 
 def _generate(engine, tokenizer, rows: Sequence[dict], params: SamplingParams, chunk: int,
-              on_chunk: Callable[[int], None] | None) -> list[list[str]]:
+              on_chunk: Callable[[int], None] | None, vision=None) -> list[list[str]]:
     texts: list[list[str]] = []
     base = params
     for lo in range(0, len(rows), chunk):
         part = rows[lo:lo + chunk]
-        prompts = [render_prompt(tokenizer, student_messages(row)) for row in part]
+        encoded = [encode_prompt(tokenizer, student_messages(row), vision) for row in part]
+        pixels = [v for _, v in encoded]
+        images = {"vision": pixels} if any(v is not None for v in pixels) else {}
         params = base
         if base.seed is not None:  # each chunk its own seed, a function of its first row
             params = dataclasses.replace(base, seed=base.seed + lo)
-        for group in engine.generate(prompts, params):
+        for group in engine.generate([ids for ids, _ in encoded], params, **images):
             texts.append([tokenizer.decode(g.token_ids, skip_special_tokens=True) for g in group])
         if on_chunk is not None:
             on_chunk(len(part))
@@ -55,13 +57,14 @@ def _generate(engine, tokenizer, rows: Sequence[dict], params: SamplingParams, c
 def evaluate_task(engine, tokenizer, task: TaskData, verifier, *, max_new_tokens: int,
                   samples: int = 0, ks: Sequence[int] = (), temperature: float = 1.0,
                   seed: int = 0, chunk: int = CHUNK,
-                  on_chunk: Callable[[int], None] | None = None) -> dict:
+                  on_chunk: Callable[[int], None] | None = None, vision=None) -> dict:
     """{"accuracy", "n", "correct" (per held-out row, greedy), "infra", "pass@k"...} on
-    task.eval (see the module doc)."""
+    task.eval (see the module doc); `vision`: the model's vision prompter when the rows have
+    images."""
     rows = task.eval
     stop = (tokenizer.eos_token_id,)
     greedy = SamplingParams(n=1, temperature=0.0, max_new_tokens=max_new_tokens, stop_token_ids=stop)
-    texts = [t[0] for t in _generate(engine, tokenizer, rows, greedy, chunk, on_chunk)]
+    texts = [t[0] for t in _generate(engine, tokenizer, rows, greedy, chunk, on_chunk, vision)]
     verdicts = verifier.score(texts, rows)
     correct = [v.category.value == "ok" for v in verdicts]
     out = {"accuracy": sum(correct) / len(rows), "n": len(rows), "correct": correct,
@@ -69,7 +72,7 @@ def evaluate_task(engine, tokenizer, task: TaskData, verifier, *, max_new_tokens
     if samples and ks:
         sampled = SamplingParams(n=samples, temperature=temperature, max_new_tokens=max_new_tokens,
                                  stop_token_ids=stop, seed=seed)
-        groups = _generate(engine, tokenizer, rows, sampled, chunk, on_chunk)
+        groups = _generate(engine, tokenizer, rows, sampled, chunk, on_chunk, vision)
         flat = verifier.score([t for g in groups for t in g], [r for r in rows for _ in range(samples)])
         correct = [sum(v.category.value == "ok" for v in flat[i * samples:(i + 1) * samples])
                    for i in range(len(rows))]

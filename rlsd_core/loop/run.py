@@ -23,9 +23,9 @@ from typing import Any, Callable
 import torch
 
 from ..config import ConfigError, TrainConfig, check_plugins
-from ..data import TaskData, TeacherPrompts, load_task
+from ..data import TaskData, TeacherPrompts, has_images, load_task
 from ..engines import Engine, engine_options, make_engine
-from ..models import load_model, load_tokenizer, resolve_model
+from ..models import load_model, load_tokenizer, load_vision, resolve_model
 from ..plugins import PluginManager, get_plugin_manager
 from ..records import ObjectiveRecord, RunInfo
 from ..rewards import Scorer, build_scorer
@@ -65,6 +65,7 @@ class Parts:
     objective: ObjectiveRecord
     events: Events                  # the event hooks, guarded per observer plugin
     world: World = field(default_factory=World)  # this process among the run's ranks
+    vision: Any = None              # the model's VisionPrompter (rows with images); None: text
 
     def close(self) -> None:
         self.engine.close()
@@ -155,13 +156,23 @@ def use_bf16(cfg: TrainConfig, device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.is_bf16_supported()
 
 
+def model_spec(cfg: TrainConfig, tasks: list[TaskData]) -> str:
+    """The model spec a run loads: the embedded `tiny` is the tiny VLM when rows have images."""
+    images = any(has_images(t) for t in tasks)
+    if images and cfg.rollout.engine == "vllm":
+        raise ConfigError("rollout.engine: the vllm engine does not take images in this version "
+                          "(see docs/multimodal.md); use rollout.engine=hf for tasks with images")
+    return "tiny-vlm" if images and cfg.model.name_or_path == "tiny" else cfg.model.name_or_path
+
+
 def load_policy(cfg: TrainConfig, tasks: list[TaskData], injectors, reporter: Reporter):
-    """The policy to train and its tokenizer: the given model, or the embedded tiny one after
-    its (cached) warm-up."""
-    # 'tiny', 'smollm2-135m-instruct', GGUF files, model directories and hub ids all become a
-    # local directory here (rlsd_core.models).
-    path = resolve_model(cfg.model.name_or_path)
-    is_tiny = cfg.model.name_or_path == "tiny"
+    """The policy to train, its tokenizer and its vision prompter (None for a text model): the
+    given model, or the embedded tiny one (text or VLM) after its (cached) warm-up."""
+    # 'tiny', 'tiny-vlm', 'smollm2-135m-instruct', GGUF files, model directories and hub ids all
+    # become a local directory here (rlsd_core.models).
+    spec = model_spec(cfg, tasks)
+    path = resolve_model(spec)
+    is_tiny = spec in ("tiny", "tiny-vlm")
     warm = cfg.warmup.enabled == "true" or (cfg.warmup.enabled == "auto" and is_tiny)
     if warm and cfg.warmup.steps > 0:
         prompts = TeacherPrompts(tasks, injectors, load_tokenizer(path))
@@ -171,7 +182,13 @@ def load_policy(cfg: TrainConfig, tasks: list[TaskData], injectors, reporter: Re
             on_step=lambda i, n, loss: reporter("warmup_step", {"step": i, "steps": n, "loss": loss}),
             on_cached=lambda p: reporter("warmup_cached", {"path": str(p)})))
         reporter("warmup_done", {"path": path})
-    return load_model(path, cfg.model.dtype), load_tokenizer(path)
+    model = load_model(path, cfg.model.dtype)
+    vision = load_vision(path)
+    if vision is None and any(has_images(t) for t in tasks):
+        raise ConfigError(f"model.name_or_path: {cfg.model.name_or_path!r} is a text model but "
+                          f"task(s) {[t.name for t in tasks if has_images(t)]} have images; use a "
+                          f"vision-language model (see docs/multimodal.md)")
+    return model, load_tokenizer(path), vision
 
 
 def setup(cfg: TrainConfig, pm: PluginManager | None = None, *, reporter: Reporter = quiet,
@@ -196,8 +213,9 @@ def setup(cfg: TrainConfig, pm: PluginManager | None = None, *, reporter: Report
     distributed.check_rows(world, cfg.rollout.prompts_per_step)
     if not world.is_main:  # one rank reports: observers, console and warm-up progress
         reporter, pm = quiet, distributed.observers(world, pm)
+    model_spec(cfg, tasks)  # a refusal (vLLM with images) costs a second, not a model load
     with distributed.main_first(world):  # rank 0 builds and caches the model, the others load it
-        model, tokenizer = load_policy(cfg, tasks, injectors, reporter)
+        model, tokenizer, vision = load_policy(cfg, tasks, injectors, reporter)
     model.to(device)
     model.train()
 
@@ -220,7 +238,7 @@ def setup(cfg: TrainConfig, pm: PluginManager | None = None, *, reporter: Report
     parts = Parts(cfg=cfg, pm=pm, run_dir=run_dir, info=info, device=device,
                   autocast=use_bf16(cfg, device), model=model, tokenizer=tokenizer, engine=engine,
                   teacher=teacher, optimizer=optimizer, tasks=tasks, scorers=scorers,
-                  prompts=TeacherPrompts(tasks, injectors, tokenizer), objective=objective,
-                  events=Events(pm, info, cfg.log.on_observer_error), world=world)
+                  prompts=TeacherPrompts(tasks, injectors, tokenizer, vision), objective=objective,
+                  events=Events(pm, info, cfg.log.on_observer_error), world=world, vision=vision)
     return Run(parts=parts, schedule=schedule,
                faults=InfraGuard(cfg.faults.max_infra_fraction, cfg.faults.steps))

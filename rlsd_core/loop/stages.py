@@ -15,7 +15,7 @@ import functools
 import torch
 
 from .. import algo
-from ..data import render_prompt, student_messages
+from ..data import encode_prompt, student_messages
 from ..engines import SamplingParams
 from ..models import TokenScores, token_logprobs
 from ..records import CreditInputs
@@ -41,11 +41,14 @@ def rows(parts: Parts, schedule: Schedule, step: int) -> StepBatch:
     lam, eps_w = Schedule.per_row([task.name for task, _ in picked], by_task)
     when = parts.objective.teacher
     use_teacher = when == "always" or (when == "lambda" and bool((lam > 0).any()))
+    prompts = [encode_prompt(parts.tokenizer, student_messages(row), parts.vision) for _, row in picked]
+    vision = [v for _, v in prompts]
     return StepBatch(step=step, tasks=[task for task, _ in picked], rows=[row for _, row in picked],
-                     prompt_ids=[render_prompt(parts.tokenizer, student_messages(row)) for _, row in picked],
+                     prompt_ids=[ids for ids, _ in prompts],
                      lam=lam, eps_w=eps_w, run_magnitude=run_mag, task_magnitudes=by_task,
                      group_size=cfg.rollout.group_size, use_teacher=use_teacher,
-                     seeds=rollout_seeds(cfg.seed, step, len(picked)))
+                     seeds=rollout_seeds(cfg.seed, step, len(picked)),
+                     vision=vision if any(v is not None for v in vision) else None)
 
 
 def rollout(parts: Parts, batch: StepBatch) -> Rollout:
@@ -54,14 +57,17 @@ def rollout(parts: Parts, batch: StepBatch) -> Rollout:
     params = SamplingParams(n=batch.group_size, temperature=cfg.rollout.temperature,
                             top_p=cfg.rollout.top_p, max_new_tokens=cfg.rollout.max_new_tokens,
                             stop_token_ids=(tok.eos_token_id,), seeds=batch.seeds)
-    groups = parts.engine.generate(batch.prompt_ids, params)
+    images = {} if batch.vision is None else {"vision": batch.vision}
+    groups = parts.engine.generate(batch.prompt_ids, params, **images)
     gens = [(prompt, g) for prompt, group in zip(batch.prompt_ids, groups) for g in group]
     entropy = ([list(g.entropy) for _, g in gens]
                if all(g.entropy is not None for _, g in gens) else None)
     return Rollout(prompt_ids=[p for p, _ in gens], response_ids=[list(g.token_ids) for _, g in gens],
                    texts=[tok.decode(g.token_ids, skip_special_tokens=True) for _, g in gens],
                    finish_reasons=[g.finish_reason for _, g in gens],
-                   logprobs=[list(g.logprobs) for _, g in gens], entropy=entropy)
+                   logprobs=[list(g.logprobs) for _, g in gens], entropy=entropy,
+                   vision=None if batch.vision is None else
+                   [v for v in batch.vision for _ in range(batch.group_size)])
 
 
 def verify(parts: Parts, batch: StepBatch, out: Rollout) -> Verified:
@@ -130,7 +136,8 @@ def pi_old(parts: Parts, out: Rollout, verified: Verified, teacher_side: Teacher
         # collective inside, so ranks need not run the same number of scoring chunks.
         with distributed.unsharded(parts.world, parts.model):
             old = scoring_forward(parts, functools.partial(token_logprobs, parts.model),
-                                  out.prompt_ids, out.response_ids, return_entropy=True)
+                                  out.prompt_ids, out.response_ids, return_entropy=True,
+                                  vision=out.vision)
         old_lp, entropy, response_mask = old.logprobs, old.entropy, old.mask
     advantages_, filled = adv
     return Credit(advantages=advantages_, filled_rewards=filled,
@@ -145,8 +152,10 @@ def teacher(parts: Parts, batch: StepBatch, out: Rollout, credit: Credit) -> Cre
     Full-vocabulary logits (OPSD) are not computed here: the update asks for them per micro-batch."""
     if not batch.use_teacher:
         return credit
+    # the same pixel inputs as the student: the injector keeps the images
     with distributed.unsharded(parts.world, parts.teacher.model):  # as pi_old's
-        scores = scoring_forward(parts, parts.teacher.score, credit.teacher_ids, out.response_ids)
+        scores = scoring_forward(parts, parts.teacher.score, credit.teacher_ids, out.response_ids,
+                                 vision=out.vision)
     return dataclasses.replace(credit, teacher_logprobs=scores.logprobs)
 
 

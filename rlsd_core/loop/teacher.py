@@ -116,12 +116,13 @@ class Teacher:
     def score(self, prompt_ids: list[list[int]], response_ids: list[list[int]], *,
               temperature: float, micro_batch: int = 16, pad_id: int | None = None,
               return_logits: bool = False, return_entropy: bool = False,
-              share_prefix: bool | str = False) -> TokenScores:
+              share_prefix: bool | str = False, vision=None) -> TokenScores:
         """Teacher log-probs of `response_ids[i]` after `prompt_ids[i]` (the teacher prompt), at
         the rollout temperature, without gradient. Shapes as in TokenScores; the arguments are
-        token_logprobs'. The precision is the caller's: the loop calls it inside the training
-        forward's autocast (rlsd_core.loop.stages.scoring_forward), so that a teacher equal to
-        the student scores exactly what pi_old does."""
+        token_logprobs' (`vision`: each row's pixel inputs, the student's images). The precision
+        is the caller's: the loop calls it inside the training forward's autocast
+        (rlsd_core.loop.stages.scoring_forward), so that a teacher equal to the student scores
+        exactly what pi_old does."""
         was_training = self.model.training
         self.model.eval()
         try:
@@ -129,7 +130,8 @@ class Teacher:
                 return token_logprobs(self.model, prompt_ids, response_ids,
                                       temperature=temperature, micro_batch=micro_batch,
                                       pad_id=pad_id, return_logits=return_logits,
-                                      return_entropy=return_entropy, share_prefix=share_prefix)
+                                      return_entropy=return_entropy, share_prefix=share_prefix,
+                                      vision=vision)
         finally:
             self.model.train(was_training)
 

@@ -44,7 +44,7 @@ def evaluate(run: Run, outcomes: dict[str, list[bool]] | None = None) -> dict[st
     acc = {}
     for task in p.tasks:
         out = evaluate_task(p.engine, p.tokenizer, task, p.scorers[task.name],
-                            max_new_tokens=p.cfg.eval.max_new_tokens)
+                            max_new_tokens=p.cfg.eval.max_new_tokens, vision=p.vision)
         acc[task.name] = out["accuracy"]
         if outcomes is not None:
             outcomes[task.name] = out["correct"]

@@ -56,16 +56,18 @@ def micro_loss(parts: Parts, out: Rollout, credit: Credit, micro: list[int], den
     responses = [out.response_ids[i] for i in micro]
     wants_logits = (credit.teacher_logprobs is not None
                     and parts.objective.needs_logits(cfg.algo.model_dump()))
+    vision = None if out.vision is None else [out.vision[i] for i in micro]  # the rows' pixels
     teacher_logits = None
     if wants_logits:  # gathered (torchrun): ranks may split it in different numbers of chunks
         with distributed.unsharded(parts.world, parts.teacher.model):
             teacher_logits = scoring_forward(parts, parts.teacher.score,
                                              [credit.teacher_ids[i] for i in micro], responses,
-                                             return_logits=True).logits
+                                             return_logits=True, vision=vision).logits
     with autocast(parts):
         cur = token_logprobs(parts.model, [out.prompt_ids[i] for i in micro], responses,
                              temperature=cfg.rollout.temperature, micro_batch=len(micro),
-                             pad_id=parts.tokenizer.pad_token_id, return_logits=wants_logits)
+                             pad_id=parts.tokenizer.pad_token_id, return_logits=wants_logits,
+                             vision=vision)
     T = cur.logprobs.shape[1]  # the micro-batch's longest response
 
     def cut(t):

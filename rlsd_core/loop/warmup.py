@@ -1,6 +1,7 @@
 """The supervised warm-up: teaches an untrained model the task format before RL, cached on disk.
 
-Data flow: the built-in task rows (prompt, target) -> chat-templated prompts, a fraction of them
+Data flow: the built-in task rows (prompt, target) -> chat-templated prompts (with their pixel
+inputs for rows with images, the tiny VLM), a fraction of them
 the teacher's privileged prompts built by each task's own injector -> teacher-forced
 cross-entropy on the target tokens only -> an ordinary Hugging Face model directory under
 `~/.cache/rlsd/warmup-<hash>` (or $RLSD_CACHE), which the trainer then loads as its policy.
@@ -31,8 +32,8 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from ..data import render_prompt, student_messages
-from ..models import cache_root
+from ..data import encode_prompt, student_messages
+from ..models import cache_root, forward_kwargs, load_model, load_vision
 
 WARMUP_VERSION = 1
 
@@ -57,17 +58,19 @@ def task_rows(tasks, mix: str, rng: random.Random) -> list[tuple[Any, dict]]:
 
 
 def build_examples(tasks, tokenizer, teacher_messages: Callable[[str, dict], list[dict]], *,
-                   privileged_fraction: float, seed: int,
-                   mix: str = "rows") -> list[tuple[list[int], list[int]]]:
-    """(prompt ids, target ids + eos) for the training rows of every task (`task_rows`), each
-    shown with the teacher's privileged prompt with probability `privileged_fraction`.
+                   privileged_fraction: float, seed: int, mix: str = "rows",
+                   vision=None) -> list[tuple]:
+    """(prompt ids, target ids + eos, pixel inputs or None) for the training rows of every task
+    (`task_rows`), each shown with the teacher's privileged prompt with probability
+    `privileged_fraction`.
 
-    `teacher_messages(task_name, row)` builds the teacher prompt with that task's injector.
+    `teacher_messages(task_name, row)` builds the teacher prompt with that task's injector;
+    `vision` is the model's vision prompter (rows with images).
     """
     rng = random.Random(seed)
     eos = tokenizer.eos_token_id
     examples = []
-    rendered: dict[tuple[int, bool], tuple[list[int], list[int]]] = {}  # a repeated row renders once
+    rendered: dict[tuple[int, bool], tuple] = {}  # a repeated row renders once
     for task, row in task_rows(tasks, mix, rng):
         if "target" not in row:
             raise ValueError(
@@ -78,8 +81,9 @@ def build_examples(tasks, tokenizer, teacher_messages: Callable[[str, dict], lis
         key = (id(row), privileged)
         if key not in rendered:
             messages = teacher_messages(task.name, row) if privileged else student_messages(row)
-            rendered[key] = (render_prompt(tokenizer, messages),
-                             tokenizer.encode(row["target"], add_special_tokens=False) + [eos])
+            prompt, pixels = encode_prompt(tokenizer, messages, vision)
+            rendered[key] = (prompt, tokenizer.encode(row["target"], add_special_tokens=False) + [eos],
+                             pixels)
         examples.append(rendered[key])
     rng.shuffle(examples)
     return examples
@@ -107,11 +111,11 @@ def cache_key(base_dir: Path, settings: dict, samples: Sequence[str]) -> str:
 
 def _batch(examples, pad_id: int):
     """Right-padded input ids, attention mask and labels (-100 outside the target)."""
-    length = max(len(p) + len(t) for p, t in examples)
+    length = max(len(p) + len(t) for p, t, _ in examples)
     ids = torch.full((len(examples), length), pad_id, dtype=torch.long)
     labels = torch.full((len(examples), length), -100, dtype=torch.long)
     attn = torch.zeros((len(examples), length), dtype=torch.long)
-    for i, (p, t) in enumerate(examples):
+    for i, (p, t, _) in enumerate(examples):
         seq = p + t
         ids[i, : len(seq)] = torch.tensor(seq)
         attn[i, : len(seq)] = 1
@@ -157,7 +161,8 @@ def train_supervised(model, examples, *, steps: int, batch_size: int, lr: float,
             batches = _bucketed_batches(examples, batch_size, rng)
         picked = [examples[j] for j in batches.pop()]
         ids, attn, labels = _batch(picked, pad_id)
-        out = model(input_ids=ids, attention_mask=attn, labels=labels)
+        pixels = forward_kwargs(model, ids, attn, [e[2] for e in picked])  # {} for text
+        out = model(input_ids=ids, attention_mask=attn, labels=labels, **pixels)
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -178,20 +183,22 @@ def warmed_up_dir(base_dir: Path, tasks, teacher_messages, cfg, *, seed: int,
     `rlsd_core.data.TeacherPrompts.messages`. Writes atomically (temporary directory + rename)
     so an interrupted warm-up never leaves a half-written cache entry.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    vision = load_vision(str(base_dir))
     examples = build_examples(tasks, tokenizer, teacher_messages,
-                              privileged_fraction=cfg.privileged_fraction, seed=seed, mix=cfg.mix)
+                              privileged_fraction=cfg.privileged_fraction, seed=seed, mix=cfg.mix,
+                              vision=vision)
     settings = {"warmup": key_settings(cfg), "seed": seed,
                 "tasks": [(t.name, len(t.train), t.train[:3], t.eval[:3]) for t in tasks]}
-    samples = [tokenizer.decode(p + t) for p, t in examples[:16]]
+    samples = [tokenizer.decode(p + t) for p, t, _ in examples[:16]]
     out = cache_root() / f"warmup-{cache_key(base_dir, settings, samples)}"
     if (out / "config.json").exists():
         if on_cached is not None:
             on_cached(out)
         return out
-    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    model = load_model(str(base_dir), "float32")
     started = time.perf_counter()
     losses = train_supervised(model, examples, steps=cfg.steps, batch_size=cfg.batch_size,
                               lr=cfg.lr, seed=seed, pad_id=tokenizer.pad_token_id, on_step=on_step)
@@ -199,6 +206,8 @@ def warmed_up_dir(base_dir: Path, tasks, teacher_messages, cfg, *, seed: int,
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
+    if vision is not None:
+        vision.save(tmp)
     (tmp / "warmup.json").write_text(json.dumps({
         "settings": settings, "final_loss": losses[-1] if losses else None,
         "seconds": round(time.perf_counter() - started, 1), "examples": len(examples)},

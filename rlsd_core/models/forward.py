@@ -13,6 +13,11 @@ every response starts in column P and the logits that predict response token t s
 P - 1 + t for every row. Position ids count real tokens only (padding never shifts positions), the
 same convention as left-padded generation, so a row scores the same whatever it is batched with.
 
+Images. `vision` (one rlsd_core.models.vision.VisionInputs or None per row) adds each
+micro-batch's pixel inputs and the 3-D positions of its image tokens (`vision.forward_kwargs`);
+the student, pi_old and teacher forwards all pass the same pixel inputs, only the ids differ.
+Without it, or for a micro-batch without images, the text path runs unchanged.
+
 Temperature. Log-probs are log_softmax(logits / temperature) over the full vocabulary, gathered
 at the response tokens: the sampling distribution of the rollout before any top-p truncation
 (see docs/engines.md for why top-p is not folded in).
@@ -31,6 +36,9 @@ rounding: the prompt's attention is computed in a different batch shape), with t
 compute paid once per group instead of G times. It needs a plain DynamicCache of full-attention
 layers (no sliding window, no linear-attention state); anything else raises
 `PrefixSharingUnsupported` (share_prefix=True) or quietly uses the plain forward ("auto").
+A chunk with images always uses the plain forward, whatever share_prefix says: sharing would
+need the response's 3-D M-RoPE positions continued from the cached prompt's (not done yet), and
+the block-wise scoring above applies to it unchanged.
 """
 
 from __future__ import annotations
@@ -43,6 +51,7 @@ import torch
 import torch.nn.functional as F
 
 from ..algo import token_entropy
+from .vision import forward_kwargs
 
 # Logits per float32 temporary of the no-grad scoring (16 M = 64 MiB): bounds the log-softmax and
 # entropy memory independently of the chunk (a 151,936-token vocabulary gives 110 positions a block).
@@ -95,7 +104,7 @@ def accepts_kwarg(model, name: str) -> bool:
 def token_logprobs(model, prompt_ids: list[list[int]], response_ids: list[list[int]], *,
                    temperature: float = 1.0, micro_batch: int = 16, pad_id: int | None = None,
                    return_logits: bool = False, return_entropy: bool = False,
-                   share_prefix: bool | str = False) -> TokenScores:
+                   share_prefix: bool | str = False, vision=None) -> TokenScores:
     """Log-probs of `response_ids[i]` given `prompt_ids[i]` under `model` at `temperature`.
 
     Gradient flows through the result when called outside `torch.no_grad()` (the trainer's
@@ -133,11 +142,14 @@ def token_logprobs(model, prompt_ids: list[list[int]], response_ids: list[list[i
             out_mask.append(mask)
             continue
         pieces = None
-        if share_prefix and _sharing_possible(model, share_prefix):
+        images = vision[start:start + micro_batch] if vision is not None else None
+        if images is not None and all(v is None for v in images):
+            images = None  # a chunk without images: the text path, prefix sharing included
+        if share_prefix and images is None and _sharing_possible(model, share_prefix):
             pieces = _shared_forward(model, prompts, targets, mask, pad_id, keep_arg,
                                      strict=share_prefix is True)
         if pieces is None:
-            pieces = _plain_forward(model, prompts, targets, mask, pad_id, keep_arg)
+            pieces = _plain_forward(model, prompts, targets, mask, pad_id, keep_arg, images)
         scale = temperature
         if return_logits:  # scaled once: the returned logits are the ones scored (one graph node)
             pieces, scale = [(logits.float() / temperature, cols) for logits, cols in pieces], 1.0
@@ -179,15 +191,17 @@ def _left_pad(prompts, pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]
     return ids.to(device), attn.to(device)
 
 
-def _plain_forward(model, prompts, targets, mask, pad_id, keep_arg):
+def _plain_forward(model, prompts, targets, mask, pad_id, keep_arg, vision=None):
     """One forward over prompt + response per row. [(logits [b, T, V] predicting every response
-    token, columns slice(None))]."""
+    token, columns slice(None))]. `vision`: the rows' pixel inputs (VisionInputs or None each)."""
     t_max = targets.shape[1]
     p_ids, p_attn = _left_pad(prompts, pad_id, targets.device)
     ids = torch.cat([p_ids, targets], 1)
     attn = torch.cat([p_attn, mask.long()], 1)
     positions = (attn.cumsum(-1) - 1).clamp(min=0)
     kwargs = {"input_ids": ids, "attention_mask": attn, "position_ids": positions, "use_cache": False}
+    if vision is not None:  # pixel inputs and 3-D positions of this chunk's images
+        kwargs.update(forward_kwargs(model, ids, attn, vision))
     if keep_arg:
         # Only the last t_max + 1 columns predict response tokens: skip the lm_head (and its
         # [width, V] activation) on the prompt.

