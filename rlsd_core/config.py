@@ -82,7 +82,7 @@ class WeightedVerifier(_Section):
 
 class TaskConfig(_Section):
     name: str = Field(description="Task name, used in metrics and the final table.")
-    source: str = Field("", description="Task source (built in: addition, reverse, files, "
+    source: str = Field("", description="Task source (built in: addition, reverse, shapes, files, "
                                         "reasoning_gym, humaneval; or an installed plugin's); "
                                         "ignored when `path` is set.")
     path: str | None = Field(None, description="JSONL file of rows (prompt, answer, ...) instead "

@@ -252,6 +252,12 @@ def test_an_injector_that_drops_the_images_is_refused(vlm):
         TeacherPrompts([task], {"text_only": text_only}, tok, vision).ids("t", row)
 
 
+def test_train_check_refuses_the_vllm_engine_for_images(capsys):
+    assert rlsd_main(["train", "--suite", "shapes", "--set", "tasks.0.options.size=6",
+                      "--set", "tasks.0.eval_size=2", "--rollout.engine", "vllm", "--check"]) == 2
+    assert "the vllm engine does not take images" in capsys.readouterr().err
+
+
 def test_image_rows_need_a_vlm_and_the_hf_engine(tmp_path):
     from rlsd_core.loop.run import setup
 

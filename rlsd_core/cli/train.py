@@ -228,10 +228,13 @@ def run_train(args: argparse.Namespace) -> int:
     check_environment(cfg)
     if args.check:
         from ..data import TeacherPrompts, load_task
-        # the rows too (columns, templates, data files) and each injector once: all but the model
+        from ..loop.run import model_spec
+        # the rows too (columns, templates, data files, images) and each injector once: all but
+        # the model; model_spec refuses what the model side cannot take (vLLM with images)
         tasks = [load_task(task, pm.registry, seed=cfg.seed) for task in cfg.tasks]
         TeacherPrompts(tasks, {t.injector: pm.registry.injector(t.injector) for t in tasks},
                        tokenizer=None).dry_run()
+        model_spec(cfg, tasks)
         console.print("config OK")
         return 0
     launching = bool(nproc and nproc > 1 and "LOCAL_RANK" not in os.environ)

@@ -154,7 +154,8 @@ def attach_images(task: str, rows: list[dict], *, base: Path, max_pixels: int) -
 
 
 def has_images(task: TaskData) -> bool:
-    return any(row.get(IMAGE_COLUMN) for row in task.train[:1] + task.eval[:1])
+    """Whether any row of the task carries images (then the policy must be a VLM)."""
+    return any(row.get(IMAGE_COLUMN) for rows in (task.train, task.eval) for row in rows)
 
 
 def load_task(cfg, registry, *, seed: int) -> TaskData:

@@ -105,7 +105,10 @@ class Engine(Protocol):
     """What the trainer needs from a rollout engine."""
 
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[list[Generation]]:
-        """Sample params.n responses per prompt; outer list per prompt, inner list per sample."""
+        """Sample params.n responses per prompt; outer list per prompt, inner list per sample.
+        An engine that takes images (the HF engine) also accepts `vision=`: one
+        rlsd_core.models.VisionInputs or None per prompt; the loop passes it only when a prompt
+        has images (docs/multimodal.md)."""
         ...
 
     def load_weights(self, state_dict) -> None:
