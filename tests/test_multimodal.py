@@ -18,7 +18,7 @@ import torch
 
 from rlsd_core.cli import main as rlsd_main
 from rlsd_core.config import ConfigError, TaskConfig, TrainConfig
-from rlsd_core.data import TeacherPrompts, encode_prompt, load_task, privileged_text, student_messages
+from rlsd_core.data import TeacherPrompts, encode_prompt, load_task, student_messages
 from rlsd_core.engines import SamplingParams, make_engine
 from rlsd_core.leakage import leakage
 from rlsd_core.models import (load_model, load_tokenizer, load_vision, tiny_model_dir, tiny_vlm_dir,
@@ -230,11 +230,11 @@ def test_leakage_ignores_image_tokens(vlm, pm):
            "messages": _messages(_png(2))}
     from rlsd_core.data import TaskData
     task = TaskData(name="t", train=[row], eval=[], verifier="exact_match", injector="reference_answer")
-    ids = TeacherPrompts([task], {"reference_answer": pm.registry.injector("reference_answer")},
-                         tok, vision).ids("t", row)
-    secret = privileged_text(tok, ids, row)
-    assert "image" not in secret and "vision" not in secret  # the 9 image tokens are not text
-    assert "Here is a reference solution:\n2" in secret
+    ids, secret = TeacherPrompts([task], {"reference_answer": pm.registry.injector("reference_answer")},
+                                 tok, vision).prompt("t", row)
+    assert ids.count(vision.image_token_id) == 9  # the teacher prompt holds the image's tokens
+    assert "image" not in secret and "vision" not in secret  # ...and they are not text
+    assert secret.startswith("Here is a reference solution: 2 ")  # the words only the teacher saw
     assert not leakage("2", secret, row["prompt"])
     assert leakage("The reference solution says 2", secret, row["prompt"])
 
