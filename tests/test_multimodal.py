@@ -218,10 +218,15 @@ def test_hf_engine_logprobs_with_images_equal_the_scoring_forward(vlm):
                                 vision=[v for _, v in prompts])
         alone = [token_logprobs(model, [p], [g.token_ids], vision=[v])
                  for (p, v), g in zip(prompts, gens)]
+        # chunks of 2 = one group each: the image groups take the plain forward, the text group
+        # shares its prompt; all in blocks (issue 13's scoring), all equal to the plain numbers
+        shared = token_logprobs(model, [p for p, _ in prompts], [g.token_ids for g in gens],
+                                vision=[v for _, v in prompts], micro_batch=2, share_prefix=True)
     for i, g in enumerate(gens):
         n = len(g.token_ids)
         assert torch.allclose(scored.logprobs[i, :n], torch.tensor(g.logprobs), atol=1e-4)
         assert torch.allclose(scored.logprobs[i, :n], alone[i].logprobs[0, :n], atol=1e-5)
+        assert torch.allclose(shared.logprobs[i, :n], scored.logprobs[i, :n], atol=1e-5)
 
 
 def test_leakage_ignores_image_tokens(vlm, pm):
