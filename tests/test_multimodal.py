@@ -295,7 +295,10 @@ def test_rlsd_train_suite_shapes_two_steps_then_eval_the_checkpoint(tmp_path, mo
     metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == [0, 1, 2]
     assert metrics[1]["teacher_skipped"] == 0 and metrics[1]["delta_abs_mean"] is not None
-    assert metrics[2]["optimizer_steps"] == 1 and metrics[2]["grad_norm"] > 0
+    assert metrics[1]["optimizer_steps"] == metrics[2]["optimizer_steps"] == 1
+    # a group with differing rewards gives a gradient; after 4 warm-up steps whether any group
+    # differs depends on the rollout seeds, so only the implication is asserted
+    assert all(m["zero_var_frac"] == 1.0 or m["grad_norm"] > 0 for m in metrics[1:]), metrics
     ckpt = run / "checkpoints" / "step-000002"
     assert "image_processor" in json.loads((ckpt / "processor_config.json").read_text())
     assert rlsd_main(["eval", str(ckpt), "--suite", "shapes", "--limit", "4", "--json", "-"]) == 0
