@@ -53,10 +53,14 @@ class ModelConfig(_Section):
         "tiny", description="Hugging Face model directory or hub id; 'tiny' builds the embedded "
                             "3.2 M-parameter model and tokenizer locally (cached).")
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
-        "auto", description="Weights dtype of the trained policy: auto = float32 (fp32 master "
-                            "weights; optim.precision decides bf16 compute).")
+        "auto", description="Weights dtype of the trained policy: auto = float32 (optim.precision "
+                            "decides bf16 compute); bfloat16 = bf16 weights with fp32 master "
+                            "weights and moments in the optimizer. Optimizer state is fp32 either way.")
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="Where the policy trains: auto = cuda when available, else cpu.")
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute each layer's activations in the backward pass instead of "
+                           "keeping them: less memory for the training forward, ~30% more compute.")
 
 
 class WarmupConfig(_Section):

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from plugin_dist import install
@@ -166,3 +167,88 @@ def test_resume_errors_name_the_problem(tmp_path):
     (tmp_path / "config.yaml").write_text("steps: 2\n")
     with pytest.raises(checkpoint.CheckpointError, match="no complete checkpoint"):
         checkpoint.resume_point(tmp_path)
+
+
+class _RecordingEngine:
+    """Stands in for the rollout engine: records the devices of the weights it is handed."""
+
+    def __init__(self):
+        self.devices: set[str] = set()
+
+    def load_weights(self, state):
+        self.devices |= {t.device.type for t in state.values()}
+
+    def sleep(self):
+        pass
+
+    def close(self):
+        pass
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.filterwarnings("ignore:for .*copying from a non-meta parameter")
+def test_restore_puts_every_part_on_the_model_device_and_the_rng_on_the_cpu(tmp_path, dtype):
+    """`--resume` on a GPU, with the meta device standing in for it (this machine has none): the
+    trainer state is read to the CPU; the weights, the optimizer's moments (and fp32 masters), the
+    teacher copy and the engine's weights end up on the model's device; the RNG states are set
+    from CPU tensors, so the random streams continue exactly as after the save."""
+    from rlsd_core import loop as T
+    from rlsd_core.config import build_config
+    from rlsd_core.loop.optim import MasterWeightsAdamW, build_optimizer
+
+    cfg = build_config(overrides=[("warmup.enabled", "false"), ("threads", 1),
+                                  ("output_dir", str(tmp_path / "run")), ("model.dtype", dtype),
+                                  ("tasks", [{"name": "rev", "source": "reverse", "eval_size": 2}]),
+                                  ("scheduler.name", "constant"), ("log.console", False)])
+    run = T.setup(cfg)
+    parts = run.parts
+    assert parts.teacher is not None
+    ids = torch.tensor([[5, 6, 7, 8]])
+    parts.model(input_ids=ids).logits.float().sum().backward()  # moments exist after a step
+    parts.optimizer.step()
+    parts.optimizer.zero_grad(set_to_none=True)
+    torch.manual_seed(11)
+    saved = checkpoint.save(run, 1, keep=2)
+    expected = torch.rand(4)  # what the saved stream gives next
+    torch.manual_seed(0)
+
+    parts.engine.close()
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):  # built there, so the tied embeddings stay one parameter
+        parts.model = AutoModelForCausalLM.from_config(parts.model.config).to(parts.model.dtype)
+    parts.teacher = T.Teacher(parts.model, mode="snapshot", sync_every=10)
+    parts.optimizer = build_optimizer(parts.model, lr=1e-3, betas=(0.9, 0.999), weight_decay=0.0)
+    parts.engine = _RecordingEngine()
+    assert checkpoint.restore(run, saved) == 1
+    assert torch.equal(torch.rand(4), expected)
+    moments = [t for s in parts.optimizer.state.values() for k, t in s.items() if k != "step"]
+    assert moments and {t.device.type for t in moments} == {"meta"}
+    if dtype == "bfloat16":
+        assert isinstance(parts.optimizer, MasterWeightsAdamW)
+        assert {m.device.type for m in parts.optimizer.masters} == {"meta"}
+    assert {t.device.type for t in parts.teacher.model.state_dict().values()} == {"meta"}
+    assert parts.engine.devices == {"meta"}
+
+
+def test_rng_states_loaded_to_a_device_without_data_are_refused_by_name(tmp_path):
+    state = checkpoint.RngStates().state_dict()
+    torch.save(state, tmp_path / "rng.pt")
+    on_meta = torch.load(tmp_path / "rng.pt", map_location="meta", weights_only=False)
+    assert on_meta["torch"].device.type == "meta"
+    with pytest.raises(checkpoint.CheckpointError, match="map_location='cpu'"):
+        checkpoint.RngStates().load_state_dict(on_meta)
+
+
+def test_cuda_rng_states_are_set_from_cpu_bytes_on_the_devices_present(monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, i: calls.append((s, i)))
+    saved = [torch.arange(8, dtype=torch.uint8), torch.arange(8, 16, dtype=torch.uint8)]
+    checkpoint.RngStates().load_state_dict({
+        "torch": torch.get_rng_state(), "python": __import__("random").getstate(),
+        "cuda": saved, "numpy": None})
+    # Saved on two GPUs, resumed on one: device 0 gets its own stream, as a CPU ByteTensor.
+    assert len(calls) == 1 and calls[0][1] == 0
+    assert calls[0][0].device.type == "cpu" and torch.equal(calls[0][0], saved[0])

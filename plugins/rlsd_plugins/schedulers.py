@@ -5,7 +5,9 @@ Data flow: before each step the loop calls `scheduler(step, diagnostics)` and ge
 `lam == 0` the loop skips the teacher forward pass entirely (the step is plain GRPO). Steps count
 from 1; `diagnostics` is the previous step's metrics dict (None at step 1), which adaptive
 schedulers read (keys from `rlsd_core.algo.rlsd_diagnostics`). Every scheduler has
-`state_dict()` / `load_state_dict()` so that a resumed run continues the same schedule.
+`state_dict()` / `load_state_dict()` so that a resumed run continues the same schedule, and
+`max_lam()`: the largest lam it will ever return (0 for `grpo` or `constant` with lam 0), so the
+loop builds no teacher copy for a run whose lambda is 0 throughout.
 
 Registered (each a factory taking keyword options):
   paper         lam0 0.5 at step 1, linearly to 0 at step 51 (the paper: "0.5 -> 0 over the first
@@ -111,6 +113,9 @@ class WarmupDecay(_Stateless):
         # schedule ending at 0 really lets the loop skip the teacher.
         return self.lam_min if p >= 1.0 else max(lam, self.lam_min)
 
+    def max_lam(self) -> float:
+        return self.lam0  # the ramp rises to lam0, the decay falls from it
+
     def options(self) -> dict:
         return {"lam0": self.lam0, "lam_min": self.lam_min, "warmup": self.warmup, "decay": self.decay,
                 "shape": self.shape, "origin": self.origin, "eps_w": self.eps_w}
@@ -124,6 +129,9 @@ class Constant(_Stateless):
         self._lam = _num("lam", lam, 0.0, 1.0)
 
     def lam(self, step: int) -> float:
+        return self._lam
+
+    def max_lam(self) -> float:
         return self._lam
 
     def options(self) -> dict:
@@ -243,6 +251,9 @@ class AdaptiveScheduler:
             self.off = True
             lam = 0.0
         return Magnitude(lam, self.eps_w)
+
+    def max_lam(self) -> float:
+        return self.lam0  # lam = lam0 * min(1, ...) * (horizon factor <= 1)
 
     def state_dict(self) -> dict:
         return {"scheduler": self.name, "gap_ref": self.gap_ref, "gap_ema": self.gap_ema,

@@ -76,7 +76,8 @@ def _fsync_tree(path: Path) -> None:
 class RngStates:
     """The global RNG streams (torch CPU, python, numpy, and every CUDA device's) as a stateful
     part. Saved states are CPU tensors and are restored as such, whatever device the run uses
-    (torch.set_rng_state accepts only a CPU ByteTensor)."""
+    and whatever `map_location` the trainer state was loaded with (torch.set_rng_state and
+    torch.cuda.set_rng_state accept only a CPU ByteTensor)."""
 
     def state_dict(self) -> dict:
         state = {"torch": torch.get_rng_state(), "python": random.getstate(),
@@ -89,13 +90,24 @@ class RngStates:
         return state
 
     def load_state_dict(self, state: dict) -> None:
-        torch.set_rng_state(state["torch"].cpu())
+        torch.set_rng_state(rng_bytes(state["torch"]))
         random.setstate(state["python"])
-        if state.get("cuda") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+        cuda = state.get("cuda")
+        if cuda is not None and torch.cuda.is_available():
+            # A run saved on more GPUs than this machine has: the devices it has get theirs.
+            for i, s in enumerate(cuda[:torch.cuda.device_count()]):
+                torch.cuda.set_rng_state(rng_bytes(s), i)
         if state.get("numpy") is not None:
             import numpy as np
             np.random.set_state(state["numpy"])
+
+
+def rng_bytes(t: torch.Tensor) -> torch.Tensor:
+    """A saved RNG state as the CPU ByteTensor torch wants, from wherever it was loaded to."""
+    if t.device.type == "meta":
+        raise CheckpointError("an RNG state in the checkpoint was loaded to the meta device, which "
+                              "keeps no data; load trainer_state.pt with map_location='cpu'")
+    return t.detach().to("cpu", torch.uint8)
 
 
 def stateful_parts(run) -> dict:

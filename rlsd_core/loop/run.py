@@ -1,9 +1,13 @@
 """A run: the parts it is made of and the state a checkpoint restores, built by `setup`.
 
     setup: config -> plugins checked -> tasks -> scorers -> schedule -> process group (under
-           torchrun) -> model (warm-up; rank 0 first) -> engine, teacher -> sharding (FSDP2,
-           several ranks) -> optimizer -> run directory, event hooks (guarded per observer; rank
-           0's only)
+           torchrun) -> model (warm-up; rank 0 first) -> teacher -> sharding (FSDP2, several
+           ranks) -> optimizer (rlsd_core.loop.optim) -> engine -> run directory, event hooks
+           (guarded per observer; rank 0's only)
+
+The engine comes after the teacher and the optimizer so that a GPU engine that sizes its memory
+from what is free at start (vLLM) sees the policy, the teacher copy and the optimizer's masters
+already allocated.
 
 `Parts` are built once from the config and never checkpointed as such (the model's weights and
 the optimizer's moments are, through `rlsd_core.loop.checkpoint`'s declared list of stateful
@@ -33,6 +37,7 @@ from . import distributed, scoring
 from .distributed import World
 from .events import Events
 from .faults import InfraGuard
+from .optim import build_optimizer
 from .schedule import Schedule
 from .teacher import Teacher
 from .warmup import warmed_up_dir
@@ -148,6 +153,8 @@ def make_run_engine(cfg: TrainConfig, model, tokenizer) -> Engine:
 
 
 def use_bf16(cfg: TrainConfig, device: torch.device) -> bool:
+    """Whether the policy forwards run under bf16 autocast. The parameters and the optimizer
+    state stay fp32 (or fp32 masters of bf16 weights: rlsd_core.loop.optim) either way."""
     if cfg.optim.precision == "bf16":
         return True
     if cfg.optim.precision == "fp32":
@@ -163,6 +170,28 @@ def model_spec(cfg: TrainConfig, tasks: list[TaskData]) -> str:
         raise ConfigError("rollout.engine: the vllm engine does not take images in this version "
                           "(see docs/multimodal.md); use rollout.engine=hf for tasks with images")
     return "tiny-vlm" if images and cfg.model.name_or_path == "tiny" else cfg.model.name_or_path
+
+
+def needs_teacher(objective: ObjectiveRecord, schedule: Schedule) -> bool:
+    """Whether the run keeps a teacher at all. An objective whose teacher runs only while lambda
+    > 0 needs none when every scheduler declares lambda 0 throughout (`Schedule.max_lam`); a
+    scheduler that declares nothing gets one, so a snapshot teacher is never built late (it is
+    the policy at step 0, or it does not exist)."""
+    if objective.teacher == "lambda":
+        bound = schedule.max_lam()
+        return bound is None or bound > 0
+    return objective.teacher == "always"
+
+
+def prepare_policy(model, cfg: TrainConfig, device: torch.device):
+    """The policy on its device, in train mode, with gradient checkpointing when asked for."""
+    model.to(device)
+    if cfg.model.gradient_checkpointing:
+        # Non-reentrant: works with inputs that need no grad and with autocast; the HF engine
+        # samples in eval mode, where transformers skips the recomputation.
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    return model
 
 
 def load_policy(cfg: TrainConfig, tasks: list[TaskData], injectors, reporter: Reporter):
@@ -216,18 +245,18 @@ def setup(cfg: TrainConfig, pm: PluginManager | None = None, *, reporter: Report
     model_spec(cfg, tasks)  # a refusal (vLLM with images) costs a second, not a model load
     with distributed.main_first(world):  # rank 0 builds and caches the model, the others load it
         model, tokenizer, vision = load_policy(cfg, tasks, injectors, reporter)
-    model.to(device)
-    model.train()
+    model = prepare_policy(model, cfg, device)
 
     scoring.check(cfg, model, use_bf16(cfg, device))
-    engine = make_run_engine(cfg, model, tokenizer)
     teacher = (Teacher(model, mode=cfg.teacher.mode, sync_every=cfg.teacher.sync_every,
-                       ema_decay=cfg.teacher.ema_decay) if objective.teacher != "never" else None)
+                       ema_decay=cfg.teacher.ema_decay) if needs_teacher(objective, schedule) else None)
     copies = [teacher.model] if teacher is not None and teacher.model is not model else []
+    # Sharded (several ranks), the policy's parameters are fp32 and plain AdamW steps them; one
+    # process with bf16 weights gets fp32 masters from build_optimizer.
     distributed.shard(world, model, *copies, bf16=use_bf16(cfg, device))
-    engine = distributed.engine_for(world, engine, model)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas,
-                                  weight_decay=cfg.optim.weight_decay)
+    optimizer = build_optimizer(model, lr=cfg.optim.lr, betas=cfg.optim.betas,
+                                weight_decay=cfg.optim.weight_decay)
+    engine = distributed.engine_for(world, make_run_engine(cfg, model, tokenizer), model)
     # Rank 0's directory for every rank (the CLI makes it on rank 0 only); config.yaml: written
     # by the trainer (train), on rank 0.
     run_dir = distributed.from_main(world, lambda: run_dir or resolve_run_dir(cfg.output_dir))

@@ -7,6 +7,14 @@ rows stage then fills per-row lambda and eps_w tensors from each row's task's sl
 (`per_row`), which is all the objective sees. After the step, `observe` hands each slot its
 diagnostics: the run's scheduler the whole step's (diagnostics and metrics), a task's own
 scheduler its task's.
+
+Whether the run needs a teacher copy at all (`max_lam`): a scheduler may declare the largest lam
+it will ever return (`scheduler.max_lam()`, e.g. 0 for the `grpo` scheduler). When every slot
+declares 0, an objective whose teacher runs only while lambda > 0 never scores with a teacher, so
+setup builds none (a 7 B policy's snapshot is 28 GB in fp32). A scheduler that declares nothing
+is assumed to need one, so a snapshot teacher is always the policy as it was at step 0 whenever
+it can be used; and a slot that returns more than it declared raises instead of running a step
+without the teacher it needs.
 """
 
 from __future__ import annotations
@@ -42,7 +50,17 @@ class ScheduleSlot:
         if not (math.isfinite(lam) and math.isfinite(eps_w) and 0.0 <= lam <= 1.0 and eps_w >= 0):
             raise PluginError(f"scheduler {self.name!r} returned lam={lam!r}, eps_w={eps_w!r} at "
                               f"step {step}; lam must be in [0, 1] and eps_w >= 0, both finite")
+        bound = self.max_lam()
+        if bound is not None and lam > bound:
+            raise PluginError(f"scheduler {self.name!r} returned lam {lam} at step {step} but "
+                              f"declares max_lam() = {bound}; the run was set up for that bound "
+                              "(no teacher copy when it is 0): fix the scheduler's max_lam")
         return Magnitude(lam, eps_w)
+
+    def max_lam(self) -> float | None:
+        """The scheduler's declared upper bound on lam over all steps, or None if it declares none."""
+        declared = getattr(self.scheduler, "max_lam", None)
+        return None if declared is None else float(declared())
 
     def state_dict(self) -> dict:
         # A scheduler with state offers state_dict/load_state_dict (the hook's documented
@@ -72,6 +90,11 @@ class Schedule:
 
         return cls(run=slot(cfg.scheduler),
                    tasks={t.name: slot(t.scheduler) for t in cfg.tasks if t.scheduler is not None})
+
+    def max_lam(self) -> float | None:
+        """The largest lam any slot declares it can return (None: some slot declares nothing)."""
+        bounds = [s.max_lam() for s in (self.run, *self.tasks.values())]
+        return None if any(b is None for b in bounds) else max(bounds)
 
     def magnitudes(self, step: int, task_names: Sequence[str]) -> tuple[Magnitude, dict[str, Magnitude]]:
         """(the run's magnitude, each task's: its own slot's, else the run's). Every slot is

@@ -27,6 +27,7 @@ from ..models import token_logprobs
 from ..records import LossInputs
 from . import distributed
 from .batch import Credit, Rollout
+from .optim import stepped_params
 from .run import Parts
 from .stages import autocast, scoring_forward
 
@@ -165,7 +166,8 @@ def update(parts: Parts, out: Rollout, credit: Credit, step: int) -> dict[str, f
         for mb in chunks(order, cfg.optim.mini_batches):
             for k, v in train(parts, out, credit, mb).items():
                 sums[k] = sums.get(k, 0.0) + v
-            grad_norm = torch.nn.utils.clip_grad_norm_(parts.model.parameters(), cfg.optim.grad_clip)
+            # The tensors the optimizer steps: the parameters, or their fp32 masters (bf16 weights).
+            grad_norm = torch.nn.utils.clip_grad_norm_(stepped_params(parts.optimizer), cfg.optim.grad_clip)
             sums["grad_norm"] = sums.get("grad_norm", 0.0) + float(grad_norm)
             parts.optimizer.step()
             parts.optimizer.zero_grad(set_to_none=True)
