@@ -138,13 +138,25 @@ def _default_tasks() -> list[TaskConfig]:
 class RolloutConfig(_Section):
     engine: Literal["hf", "vllm"] = Field("hf", description="Rollout engine.")
     engine_options: dict[str, Any] = Field(default_factory=dict,
-                                           description="Extra keyword arguments for the engine.")
+                                           description="Extra keyword arguments for the engine "
+                                                       "(docs/engines.md); checked against it.")
     prompts_per_step: int = Field(16, ge=1, description="Prompts per rollout batch.")
     group_size: int = Field(8, ge=2, description="Responses per prompt (G).")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature (also divides the "
                                                       "logits of every log-prob).")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
     max_new_tokens: int = Field(16, ge=1, description="Response length cap.")
+
+    @model_validator(mode="after")
+    def _engine_options(self):
+        # Checked here, before any model loads: a misspelt option or a setting the engine
+        # refuses (vLLM tensor parallel) costs a second, not a warm-up and a model load.
+        from .engines import check_engine_options
+
+        problems = check_engine_options(self.engine, self.engine_options)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
 
 class AlgoConfig(_Section):

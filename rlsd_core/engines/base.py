@@ -113,7 +113,14 @@ class Engine(Protocol):
 
     def load_weights(self, state_dict) -> None:
         """Make the engine sample from these policy weights (the FULL state dict, tied weights
-        included); raise if they cannot all be applied."""
+        included); raise if they cannot all be applied. Wakes an engine that sleeps."""
+        ...
+
+    def sleep(self) -> None:
+        """Give the memory the engine holds for sampling (its own weights, KV cache) back until
+        the next `load_weights`: the loop calls it after the rollout, so that the scoring and
+        update stages can use that memory. A no-op for an engine that samples from the trainer's
+        own model (HF)."""
         ...
 
     def close(self) -> None:

@@ -208,6 +208,9 @@ class HFEngine:
             for k, v in incoming.items():
                 own[k].copy_(v)
 
+    def sleep(self) -> None:
+        """Nothing to give back: the engine samples from the trainer's own model."""
+
     def close(self) -> None:
         self._closed = True
         self.model = None

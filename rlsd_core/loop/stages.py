@@ -59,6 +59,7 @@ def rollout(parts: Parts, batch: StepBatch) -> Rollout:
                             stop_token_ids=(tok.eos_token_id,), seeds=batch.seeds)
     images = {} if batch.vision is None else {"vision": batch.vision}
     groups = parts.engine.generate(batch.prompt_ids, params, **images)
+    parts.engine.sleep()  # its memory (vLLM on a GPU) serves scoring and update until the sync
     gens = [(prompt, g) for prompt, group in zip(batch.prompt_ids, groups) for g in group]
     entropy = ([list(g.entropy) for _, g in gens]
                if all(g.entropy is not None for _, g in gens) else None)
