@@ -183,3 +183,37 @@ def test_master_weights_survive_a_state_dict_round_trip():
         assert torch.equal(a, b)  # the low bits the bf16 weights lack are kept
     with pytest.raises(ValueError, match="master weights"):
         fresh.load_state_dict({k: v for k, v in state.items() if k != "master_weights"})
+
+
+def test_an_ema_teacher_of_bf16_weights_accumulates_in_fp32():
+    """decay 0.99: each update moves the EMA by 1% of the gap to the policy, below half a bf16
+    ulp for a small gap; accumulated in bf16 the teacher would never move."""
+    from rlsd_core.loop import Teacher
+
+    torch.manual_seed(0)
+    policy = torch.nn.Linear(64, 64, bias=False).to(torch.bfloat16)
+    teacher = Teacher(policy, mode="ema", ema_decay=0.99)
+    start = teacher.model.weight.detach().clone()
+    with torch.no_grad():
+        policy.weight.mul_(1.01)  # a 1% gap: each EMA step moves 0.01% of a weight
+    for step in range(1, 201):
+        teacher.update(step)
+    moved = (teacher.model.weight != start).float().mean().item()
+    want = (start.float() + (policy.weight.float() - start.float()) * (1 - 0.99 ** 200))
+    assert moved > 0.9
+    torch.testing.assert_close(teacher.model.weight.float(), want.to(torch.bfloat16).float())
+    # The fp32 accumulator is part of the state (a resume keeps its low bits) and of the cost.
+    state = teacher.state_dict()
+    assert state["ema32"] is not None
+    assert teacher.memory_bytes() == 64 * 64 * 2 + 64 * 64 * 4
+    other = Teacher(policy, mode="ema", ema_decay=0.99)
+    other.load_state_dict(state)
+    other.update(201)
+    teacher.update(201)
+    assert torch.equal(other.model.weight, teacher.model.weight)
+
+    # The contrast: the same updates accumulated in bf16 move almost nothing.
+    ema = start.clone()
+    for _ in range(200):
+        ema.lerp_(policy.weight.detach(), 0.01)
+    assert (ema != start).float().mean().item() < 0.1

@@ -89,7 +89,9 @@ def test_one_rlsd_step_trains_and_logs_every_diagnostic(tpm, tmp_path):
 
 
 def test_teacher_forward_is_skipped_when_lambda_is_zero(tpm, tmp_path):
-    run = T.setup(_cfg(tmp_path, **{"scheduler.name": "grpo"}), tpm)
+    # A schedule that can use the teacher later (so the run has one) but is 0 at step 1.
+    run = T.setup(_cfg(tmp_path, **{"scheduler.name": "warmup_decay",
+                                    "scheduler.options": {"warmup": 5, "origin": 1}}), tpm)
     calls = []
     real = run.parts.teacher.score
     run.parts.teacher.score = lambda *a, **k: calls.append(1) or real(*a, **k)

@@ -56,6 +56,13 @@ class Teacher:
         self.ema_decay = ema_decay
         self.last_sync_step = 0
         self.model = policy if mode == "live" else self._copy(policy)
+        # An EMA of 16-bit weights accumulates in fp32: (1 - decay) x (policy - ema) is mostly
+        # below half a bf16 ulp, and a bf16 EMA would round it away and stop moving.
+        self._ema32: dict[str, torch.Tensor] | None = None
+        if mode == "ema" and any(t.is_floating_point() and t.element_size() < 4
+                                 for t in self.model.state_dict().values()):
+            self._ema32 = {k: t.detach().float().clone() for k, t in self.model.state_dict().items()
+                           if t.is_floating_point()}
 
     @staticmethod
     def _copy(policy):
@@ -107,10 +114,14 @@ class Teacher:
             if local_ptr(t) in seen:  # a tied tensor appears under two names; update it once
                 continue
             seen.add(local_ptr(t))
-            if t.is_floating_point():
-                t.lerp_(src[name].to(t.dtype), 1.0 - self.ema_decay)
-            else:  # integer buffers (counters, ids) cannot be averaged
+            if not t.is_floating_point():  # integer buffers (counters, ids) cannot be averaged
                 t.copy_(src[name])
+            elif self._ema32 is not None:
+                acc = self._ema32[name]
+                acc.lerp_(src[name].to(acc.dtype), 1.0 - self.ema_decay)
+                t.copy_(acc)
+            else:
+                t.lerp_(src[name].to(t.dtype), 1.0 - self.ema_decay)
 
     # -- scoring ----------------------------------------------------------------------------
     def score(self, prompt_ids: list[list[int]], response_ids: list[list[int]], *,
@@ -145,7 +156,7 @@ class Teacher:
             if local_ptr(t) not in seen:
                 seen.add(local_ptr(t))
                 total += local_bytes(t)
-        return total
+        return total + sum(local_bytes(t) for t in (self._ema32 or {}).values())
 
     # -- resume -----------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -153,7 +164,9 @@ class Teacher:
         return {"mode": self.mode, "sync_every": self.sync_every, "ema_decay": self.ema_decay,
                 "last_sync_step": self.last_sync_step,
                 "weights": None if self.mode == "live" else
-                {k: v.detach().clone() for k, v in self.model.state_dict().items()}}
+                {k: v.detach().clone() for k, v in self.model.state_dict().items()},
+                "ema32": None if self._ema32 is None else
+                {k: v.clone() for k, v in self._ema32.items()}}
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("mode") != self.mode:
@@ -165,3 +178,8 @@ class Teacher:
         self.last_sync_step = state["last_sync_step"]
         if self.mode != "live":
             self.model.load_state_dict(state["weights"], strict=True)
+        if self._ema32 is not None:
+            saved = state.get("ema32") or {k: v.float() for k, v in state["weights"].items()
+                                            if k in self._ema32}
+            for k, acc in self._ema32.items():
+                acc.copy_(saved[k])
