@@ -194,9 +194,11 @@ def prepare_policy(model, cfg: TrainConfig, device: torch.device):
     return model
 
 
-def load_policy(cfg: TrainConfig, tasks: list[TaskData], injectors, reporter: Reporter):
+def load_policy(cfg: TrainConfig, tasks: list[TaskData], injectors, reporter: Reporter,
+                device: torch.device | str = "cpu"):
     """The policy to train, its tokenizer and its vision prompter (None for a text model): the
-    given model, or the embedded tiny one (text or VLM) after its (cached) warm-up."""
+    given model, or the embedded tiny one (text or VLM) after its (cached) warm-up, which trains
+    on `device`."""
     # 'tiny', 'tiny-vlm', 'smollm2-135m-instruct', GGUF files, model directories and hub ids all
     # become a local directory here (rlsd_core.models).
     spec = model_spec(cfg, tasks)
@@ -209,7 +211,7 @@ def load_policy(cfg: TrainConfig, tasks: list[TaskData], injectors, reporter: Re
         path = str(warmed_up_dir(
             Path(path), tasks, prompts.messages, cfg.warmup, seed=cfg.seed,
             on_step=lambda i, n, loss: reporter("warmup_step", {"step": i, "steps": n, "loss": loss}),
-            on_cached=lambda p: reporter("warmup_cached", {"path": str(p)})))
+            on_cached=lambda p: reporter("warmup_cached", {"path": str(p)}), device=device))
         reporter("warmup_done", {"path": path})
     model = load_model(path, cfg.model.dtype)
     vision = load_vision(path)
@@ -244,7 +246,7 @@ def setup(cfg: TrainConfig, pm: PluginManager | None = None, *, reporter: Report
         reporter, pm = quiet, distributed.observers(world, pm)
     model_spec(cfg, tasks)  # a refusal (vLLM with images) costs a second, not a model load
     with distributed.main_first(world):  # rank 0 builds and caches the model, the others load it
-        model, tokenizer, vision = load_policy(cfg, tasks, injectors, reporter)
+        model, tokenizer, vision = load_policy(cfg, tasks, injectors, reporter, device)
     model = prepare_policy(model, cfg, device)
 
     scoring.check(cfg, model, use_bf16(cfg, device))

@@ -140,7 +140,8 @@ def _bucketed_batches(examples, batch_size: int, rng: random.Random) -> list[lis
 
 def train_supervised(model, examples, *, steps: int, batch_size: int, lr: float, seed: int,
                      pad_id: int, on_step: Callable[[int, int, float], None] | None = None) -> list[float]:
-    """Teacher-forced cross-entropy on target tokens; AdamW, linear warm-up then cosine decay."""
+    """Teacher-forced cross-entropy on target tokens; AdamW, linear warm-up then cosine decay.
+    Runs on the model's device (fp32)."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
@@ -160,7 +161,8 @@ def train_supervised(model, examples, *, steps: int, batch_size: int, lr: float,
         if not batches:
             batches = _bucketed_batches(examples, batch_size, rng)
         picked = [examples[j] for j in batches.pop()]
-        ids, attn, labels = _batch(picked, pad_id)
+        device = next(model.parameters()).device
+        ids, attn, labels = (t.to(device) for t in _batch(picked, pad_id))
         pixels = forward_kwargs(model, ids, attn, [e[2] for e in picked])  # {} for text
         out = model(input_ids=ids, attention_mask=attn, labels=labels, **pixels)
         out.loss.backward()
@@ -176,8 +178,11 @@ def train_supervised(model, examples, *, steps: int, batch_size: int, lr: float,
 
 
 def warmed_up_dir(base_dir: Path, tasks, teacher_messages, cfg, *, seed: int,
-                  on_step=None, on_cached: Callable[[Path], None] | None = None) -> Path:
-    """Return the directory of the warmed-up model, training it first if it is not cached.
+                  on_step=None, on_cached: Callable[[Path], None] | None = None,
+                  device: str | torch.device = "cpu") -> Path:
+    """Return the directory of the warmed-up model, training it first (on `device`) if it is
+    not cached. The device is not part of the cache key: a warm-up made on a GPU serves a CPU
+    run and the other way round (they differ in the last bits, not in what they learned).
 
     `cfg` is `rlsd_core.config.WarmupConfig`; `teacher_messages(task_name, row)` is
     `rlsd_core.data.TeacherPrompts.messages`. Writes atomically (temporary directory + rename)
@@ -198,7 +203,7 @@ def warmed_up_dir(base_dir: Path, tasks, teacher_messages, cfg, *, seed: int,
         if on_cached is not None:
             on_cached(out)
         return out
-    model = load_model(str(base_dir), "float32")
+    model = load_model(str(base_dir), "float32").to(device)
     started = time.perf_counter()
     losses = train_supervised(model, examples, steps=cfg.steps, batch_size=cfg.batch_size,
                               lr=cfg.lr, seed=seed, pad_id=tokenizer.pad_token_id, on_step=on_step)
