@@ -270,7 +270,8 @@ def report(results: dict, out: Path) -> tuple[list[str], list[str]]:
 
 def plan(small: bool) -> tuple[dict, dict]:
     """The `rlsd train` settings of the tiny and the 0.5B-shaped runs."""
-    tiny = dict(steps=4, prompts=16, group=8, new_tokens=16, warmup_steps=400, lr=1e-4)
+    # 32 x 8 samples a step after the default warm-up: mixed groups (a gradient) for certain.
+    tiny = dict(steps=4, prompts=32, group=8, new_tokens=16, warmup_steps=400, lr=1e-4)
     big = dict(steps=3, prompts=8, group=8, new_tokens=64, warmup_steps=0, lr=1e-6)
     if small:
         tiny.update(steps=2, prompts=4, group=4, new_tokens=8, warmup_steps=8,
@@ -333,9 +334,10 @@ def analyse(args, out: Path, work: Path, tiny_kw: dict, big_kw: dict) -> dict:
             results["errors"].append(f"{what}: {type(exc).__name__}: {exc}")
 
     def moved(name, before, run_dir, first):
+        # The final checkpoint is the resumed run's: a gradient in either run can move weights.
         if latest(run_dir) is not None:
-            results["moved"][name] = (*weights_moved(before, run_dir),
-                                      by_name[first]["summary"]["signal"])
+            signal = by_name[first]["summary"]["signal"] or by_name[f"{name}-resume"]["summary"]["signal"]
+            results["moved"][name] = (*weights_moved(before, run_dir), signal)
 
     warm = sorted((work / "cache").glob("warmup-*"))
     tiny_dir, big_dir = work / "runs" / "tiny", work / "runs" / "qwen05"
