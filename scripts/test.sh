@@ -32,7 +32,7 @@ bash scripts/bootstrap.sh --dev
 
 .venv/bin/python -m pytest tests docs/examples/rlsd-countdown/tests "$@"
 
-if [ -f scripts/setup_vllm_env.sh ] && [ -d tests/vllm ]; then
+if [ -f scripts/setup_vllm_env.sh ] && [ -d tests/vllm_engine ]; then
   bash scripts/setup_vllm_env.sh
-  .venv-vllm/bin/python -m pytest -m vllm tests/vllm "$@"
+  .venv-vllm/bin/python -m pytest -m vllm tests/vllm_engine "$@"
 fi

@@ -14,34 +14,14 @@ Skipped, with the reason shown, when TRL is not installed (pip install -e '.[dev
 
 from __future__ import annotations
 
-import importlib
 import logging
-import os
 import pickle
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 pytest.importorskip("trl", reason="TRL is an optional extra: pip install -e '.[dev,trl]'")
-
-
-def _import_trl_trainers() -> None:
-    """pytest puts tests/ on sys.path, where tests/vllm (the vLLM engine tests) reads as a
-    namespace package named `vllm`: TRL then finds a "vLLM" without a version and its trainers
-    fail to import (Invalid version: 'N/A'). Import them with that directory hidden; TRL checks
-    for vLLM only at import time unless use_vllm is set."""
-    here = os.path.abspath(Path(__file__).parent)
-    saved = list(sys.path)
-    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != here]
-    try:
-        importlib.import_module("trl.trainer.grpo_trainer")
-    finally:
-        sys.path[:] = saved
-
-
-_import_trl_trainers()
 
 from datasets import Dataset  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402

