@@ -164,12 +164,14 @@ def measure(device: str = "cpu") -> dict[str, float]:
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
+    from rlsd_core.models import enable_checkpointing
+
     def per_token(h, i, heads, kv, hd, checkpointing):
         cfg = Qwen2Config(vocab_size=512, hidden_size=h, intermediate_size=i, num_hidden_layers=2,
                           num_attention_heads=heads, num_key_value_heads=kv, head_dim=hd)
         model = Qwen2ForCausalLM(cfg).to(device).train()
         if checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            enable_checkpointing(model)
         weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
         totals = []
         for t in (64, 128):

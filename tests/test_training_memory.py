@@ -18,7 +18,7 @@ from rlsd_core import loop as T
 from rlsd_core.config import build_config
 from rlsd_core.engines import SamplingParams
 from rlsd_core.loop import checkpoint
-from rlsd_core.models import token_logprobs
+from rlsd_core.models import is_checkpointing, token_logprobs
 
 
 def _cfg(tmp_path, **over):
@@ -122,8 +122,8 @@ def test_gradient_checkpointing_keeps_fewer_activations_for_the_same_gradient(tm
     plain = T.setup(_cfg(tmp_path / "a"), pm)
     ckpt = T.setup(_cfg(tmp_path / "b", **{"model.gradient_checkpointing": True}), pm)
     try:
-        assert not plain.parts.model.is_gradient_checkpointing
-        assert ckpt.parts.model.is_gradient_checkpointing and ckpt.parts.model.training
+        assert not is_checkpointing(plain.parts.model)
+        assert is_checkpointing(ckpt.parts.model) and ckpt.parts.model.training
         kept_plain, grad_plain = _saved_activation_bytes(plain.parts.model, prompts, responses)
         kept_ckpt, grad_ckpt = _saved_activation_bytes(ckpt.parts.model, prompts, responses)
         torch.testing.assert_close(grad_ckpt, grad_plain, rtol=1e-5, atol=1e-6)

@@ -29,7 +29,7 @@ import torch
 from ..config import ConfigError, TrainConfig, check_plugins
 from ..data import TaskData, TeacherPrompts, has_images, load_task
 from ..engines import Engine, check_engine_options, make_engine
-from ..models import load_model, load_tokenizer, load_vision, resolve_model
+from ..models import enable_checkpointing, load_model, load_tokenizer, load_vision, resolve_model
 from ..plugins import PluginManager, get_plugin_manager
 from ..records import ObjectiveRecord, RunInfo
 from ..rewards import Scorer, build_scorer
@@ -187,9 +187,8 @@ def prepare_policy(model, cfg: TrainConfig, device: torch.device):
     """The policy on its device, in train mode, with gradient checkpointing when asked for."""
     model.to(device)
     if cfg.model.gradient_checkpointing:
-        # Non-reentrant: works with inputs that need no grad and with autocast; the HF engine
-        # samples in eval mode, where transformers skips the recomputation.
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # The HF engine samples in eval mode, where transformers skips the recomputation.
+        enable_checkpointing(model)
     model.train()
     return model
 

@@ -77,3 +77,20 @@ def load_vision(path: str):
     if not is_vision_dir(path):
         return None
     return VisionPrompter(load_processor(path), AutoConfig.from_pretrained(path))
+
+
+def enable_checkpointing(model) -> None:
+    """Recompute each decoder layer's activations in the backward pass (non-reentrant: works with
+    inputs that need no grad and under autocast). transformers renamed the switch
+    (`activation_checkpointing_enable` from 5.2x; `gradient_checkpointing_enable` is its
+    deprecated alias there and the only name before): the new name when it exists."""
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def is_checkpointing(model) -> bool:
+    """Whether any layer of `model` recomputes its activations (either transformers name)."""
+    return any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
