@@ -70,14 +70,14 @@ def build_random_qwen2(out: Path, shape: dict, tokenizer_dir: Path, seed: int = 
 
 
 def run_args(model: str, out: Path, device: str, *, steps: int, prompts: int, group: int,
-             new_tokens: int, warmup_steps: int, lr: float, extra=()) -> list[str]:
+             new_tokens: int, warmup_steps: int, lr: float, tasks=TASKS, extra=()) -> list[str]:
     """`rlsd train` arguments of one run: the built-in tasks, a checkpoint every 2 steps, bf16
     autocast on CUDA (fp32 on the CPU), no weight decay (so weights move only with a gradient)."""
     precision = "bf16" if device == "cuda" else "fp32"
     return ["--model.name_or_path", model, "--model.device", device,
             "--optim.precision", precision, "--output_dir", str(out), "--steps", str(steps),
             "--checkpoint_every", "2", "--seed", "1", "--optim.lr", str(lr),
-            "--optim.weight_decay", "0", "--set", f"tasks={json.dumps(TASKS)}",
+            "--optim.weight_decay", "0", "--set", f"tasks={json.dumps(tasks)}",
             "--rollout.prompts_per_step", str(prompts), "--rollout.group_size", str(group),
             "--rollout.max_new_tokens", str(new_tokens), "--eval.max_new_tokens", str(new_tokens),
             "--eval.every", "0", "--warmup.enabled", "true" if warmup_steps else "false",
@@ -187,7 +187,7 @@ def estimate(shape: dict, prompts: int, group: int, prompt_len: int, new_tokens:
     return {k: v / 2**30 for k, v in gpu_memory.phases(s, step).items()} | {"params": params}
 
 
-def prompt_length(model_dir: Path) -> int:
+def prompt_length(model_dir: Path, tasks=TASKS) -> int:
     """The longest student prompt of the check's tasks, in tokens (what the forwards pad to)."""
     from rlsd_core.data import render_prompt, student_messages
     from rlsd_core.models import load_tokenizer
@@ -198,7 +198,7 @@ def prompt_length(model_dir: Path) -> int:
     tok = load_tokenizer(str(model_dir))
     registry = get_plugin_manager().registry
     longest = 0
-    for t in TASKS:
+    for t in tasks:
         task = load_task(TaskConfig(**t), registry, seed=1)
         for row in task.train[:200]:
             longest = max(longest, len(render_prompt(tok, student_messages(row))))
@@ -354,7 +354,7 @@ def analyse(args, out: Path, work: Path, tiny_kw: dict, big_kw: dict) -> dict:
 
     def est():
         results["estimate"] = estimate(SMALL if args.small else QWEN05, big_kw["prompts"],
-                                       big_kw["group"], prompt_length(Path(saved["big"])),
+                                       big_kw["group"], prompt_length(Path(saved["big"]), big_kw["tasks"]),
                                        big_kw["new_tokens"])
     if dev == "cuda":
         guarded("memory estimate", est)
@@ -372,6 +372,9 @@ def main(argv=None) -> int:
                         help="models, caches and run directories with their checkpoints (large; "
                              "default: a gpu-check-work directory beside --out's parent temp dir)")
     parser.add_argument("--skip-cpu", action="store_true", help="no CPU run for the speed ratio")
+    parser.add_argument("--tasks", type=json.loads, default=TASKS,
+                        help="the runs' tasks as a JSON list of task configs (default: reverse and "
+                             "addition with their built-in verifiers)")
     parser.add_argument("--report-only", action="store_true",
                         help="redo the report from a finished check's --out and --work")
     parser.add_argument("--child", metavar="INFO_FILE", help=argparse.SUPPRESS)
@@ -391,6 +394,7 @@ def main(argv=None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     os.environ["RLSD_CACHE"] = str(work / "cache")
     tiny_kw, big_kw = plan(args.small)
+    tiny_kw["tasks"] = big_kw["tasks"] = args.tasks
     if not args.report_only:
         run_all(args, out, work, tiny_kw, big_kw)
     results = analyse(args, out, work, tiny_kw, big_kw)

@@ -8,7 +8,8 @@
 # 1. Once, on a CPU machine with PyPI (git-ignored, ~21 MB, 4 Python versions):
 #        bash scripts/gpu_check.sh --prepare
 #    downloads wheels of rlsd's pure-Python dependencies that such a machine may lack
-#    (pydantic, rich, latex2sympy2_extended and what they need) into .gpu-check/wheels.
+#    (pydantic, rich, pluggy, pyyaml, packaging, latex2sympy2_extended and what they need)
+#    into .gpu-check/wheels.
 # 2. In a session that has the GPU machine, through the device tool (it copies the working
 #    tree plus the `carry` paths, 64 MiB at most; the results under $OUT come back):
 #        run(command="bash scripts/gpu_check.sh", carry=[".gpu-check/wheels"], timeout_s=600)
@@ -23,7 +24,8 @@ set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 WHEELS="$REPO/.gpu-check/wheels"
 PY="${PYTHON:-python3}"
-REQUIREMENTS=("pydantic>=2.6" "rich>=13" "latex2sympy2_extended>=1.10" "pluggy>=1.5" "pyyaml>=6")
+REQUIREMENTS=("pydantic>=2.6" "rich>=13" "latex2sympy2_extended>=1.10" "pluggy>=1.5" "pyyaml>=6"
+              "packaging>=23")
 
 if [[ "${1:-}" == "--prepare" ]]; then
     mkdir -p "$WHEELS"
@@ -49,7 +51,8 @@ for module in ("torch", "transformers", "tokenizers", "safetensors", "numpy"):
     if importlib.util.find_spec(module) is None:
         sys.exit(f"gpu_check: this machine lacks {module}; the check uses the machine's own")
 wanted = {"pydantic": ("pydantic", 2), "rich": ("rich", 13), "pluggy": ("pluggy", 1),
-          "yaml": ("pyyaml", 6), "latex2sympy2_extended": ("latex2sympy2_extended", 1)}
+          "yaml": ("pyyaml", 6), "latex2sympy2_extended": ("latex2sympy2_extended", 1),
+          "packaging": ("packaging", 23)}
 missing = []
 for module, (dist, major) in wanted.items():
     try:
