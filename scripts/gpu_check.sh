@@ -83,7 +83,9 @@ from pathlib import Path
 text = Path(sys.argv[1]).read_text()
 version = re.search(r'^version = "([^"]+)"', text, re.M).group(1)
 section = text.split("[project.entry-points.rlsd]", 1)[1].split("\n[", 1)[0]
-points = [line for line in section.splitlines() if re.match(r"^[\w.+-]+ = ", line)]
+# TOML quotes the values (name = "module"); entry_points.txt must not (name = module).
+points = [f"{m.group(1)} = {m.group(2)}" for m in
+          re.finditer(r'^([\w.+-]+)\s*=\s*"([^"]+)"', section, re.M)]
 dist = Path(sys.argv[2]) / f"rlsd-{version}.dist-info"
 dist.mkdir(parents=True, exist_ok=True)
 (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: rlsd\nVersion: {version}\n")

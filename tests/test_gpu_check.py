@@ -117,12 +117,17 @@ def test_wrapper_sets_rlsd_up_from_the_source_tree(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "--small" in proc.stdout
     (dist,) = site.glob("rlsd-*.dist-info")
-    points = (dist / "entry_points.txt").read_text()
-    pyproject = (ROOT / "pyproject.toml").read_text()
-    section = pyproject.split("[project.entry-points.rlsd]")[1].split("\n[")[0]
-    for line in section.splitlines():
-        if " = " in line and not line.startswith("#"):
-            assert line in points
+    # Every entry point of pyproject, and each one loads (a quoted TOML value copied as is
+    # would not parse: the GPU machine, with no installed rlsd, would fail every run).
+    import tomllib
+    from importlib.metadata import PathDistribution
+
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    want = pyproject["project"]["entry-points"]["rlsd"]
+    points = PathDistribution(dist).entry_points
+    assert {ep.name: ep.value for ep in points} == want
+    for ep in points:
+        assert ep.group == "rlsd" and ep.load().__name__ == want[ep.name]
 
 
 @pytest.mark.slow
