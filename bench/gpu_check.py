@@ -44,6 +44,7 @@ TASKS = [{"name": "reverse", "source": "reverse", "eval_size": 16},
 QWEN05 = {"hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24,
           "num_attention_heads": 14, "num_key_value_heads": 2, "head_dim": 64,
           "vocab_size": 151936, "max_position_embeddings": 4096, "tie_word_embeddings": True}
+SCORING_MICRO_BATCH = 32  # rlsd's scoring.micro_batch default (the runs leave it)
 SMALL = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
          "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16,
          "vocab_size": 4096, "max_position_embeddings": 512, "tie_word_embeddings": True}
@@ -143,12 +144,16 @@ def summarize(run: dict) -> dict:
     steps = run["steps"]
     timed = steps[1:] or steps
     mean = lambda key: (sum(m.get(key) or 0.0 for m in timed) / len(timed)) if timed else None  # noqa: E731
-    out = {f"{k}_s": mean(f"time/{k}_s") for k in ("rollout", "verify", "score", "train", "sync", "step")}
+    out = {f"{k}_s": mean(f"time/{k}_s") for k in
+           ("rollout", "verify", "pi_old", "teacher", "train", "sync", "step")}
+    # "score": the two no-grad scoring stages together (bench/gpu_memory.py's score phase).
+    out["score_s"] = None if out["pi_old_s"] is None else out["pi_old_s"] + out["teacher_s"]
     tokens = [m["response_length"] * m["n_responses"] for m in timed if "n_responses" in m]
     if tokens and out["rollout_s"]:
         out["rollout_tok_s"] = sum(tokens) / len(tokens) / out["rollout_s"]
-    for stage in ("rollout", "score", "train", "sync"):
-        peaks = [m[f"memory/{stage}_gib"] for m in steps if f"memory/{stage}_gib" in m]
+    for stage, keys in (("rollout", ("rollout",)), ("score", ("pi_old", "teacher")),
+                        ("train", ("train",)), ("sync", ("sync",))):
+        peaks = [m[f"memory/{k}_gib"] for m in steps for k in keys if f"memory/{k}_gib" in m]
         if peaks:
             out[f"mem_{stage}_gib"] = max(peaks)
     out["losses_finite"] = bool(steps) and all(
@@ -172,7 +177,8 @@ def weights_moved(before_dir: Path, run_dir: Path) -> tuple[int, int]:
 
 def estimate(shape: dict, prompts: int, group: int, prompt_len: int, new_tokens: int) -> dict:
     """bench/gpu_memory.py's phases for this run's shape (HF engine, fp32 weights + autocast,
-    one micro-batch = the whole rollout, scoring the whole rollout at once, no checkpointing)."""
+    one micro-batch = the whole rollout, scoring in chunks of scoring.micro_batch's default, no
+    checkpointing)."""
     layers, h = shape["num_hidden_layers"], shape["hidden_size"]
     params = (shape["vocab_size"] * h + h
               + layers * (2 * h + h * h * 2 + 2 * h * shape["num_key_value_heads"] * shape["head_dim"]
@@ -182,8 +188,8 @@ def estimate(shape: dict, prompts: int, group: int, prompt_len: int, new_tokens:
                          shape["num_attention_heads"], shape["num_key_value_heads"],
                          shape["head_dim"], shape["vocab_size"])
     n = prompts * group
-    step = gpu_memory.Step(seqs=n, prompt=prompt_len, response=new_tokens, micro=n, chunk=n,
-                           decode=n, checkpointing=False)
+    step = gpu_memory.Step(seqs=n, prompt=prompt_len, response=new_tokens, micro=n,
+                           chunk=min(n, SCORING_MICRO_BATCH), decode=n, checkpointing=False)
     return {k: v / 2**30 for k, v in gpu_memory.phases(s, step).items()} | {"params": params}
 
 

@@ -21,11 +21,10 @@ over two sequence lengths, so the autocast weight copies are not counted as acti
 34.0 x hidden + 8.2 x intermediate; 8 x hidden with checkpointing.
 Logits, per response token and per vocabulary entry, read off `token_logprobs`: the training
 forward holds the bf16 lm_head output, its fp32 copy and the scaled copy (2 + 4 + 4), its
-backward the saved log-softmax and two gradients of that size (12 bytes, the larger); the
-no-grad scoring forward of pi_old holds the scaled logits and the log-softmax (8) and, for the
-entropy, p, a mask, p log p and the masked result (13): 21 bytes, for every response token it
-scores at once (today the whole rollout batch; the scoring issue adds a knob that bounds this
-chunk).
+backward the saved log-softmax and two gradients of that size (12 bytes, the larger); a no-grad
+scoring forward (pi_old, teacher) holds one chunk of `scoring.micro_batch` sequences' logits in
+the autocast dtype (2 bytes, bf16) and works on them in blocks of at most 16 M float32 logits
+(three 64 MiB temporaries: docs/performance.md).
 The HF engine's KV cache: 2 x layers x kv_heads x head_dim x 4 bytes (fp32 weights) per token of
 the batch being decoded.
 vLLM (bf16): its weights 2 bytes per parameter + its KV cache + ~2 GiB of its own; with sleep
@@ -39,7 +38,8 @@ from dataclasses import dataclass
 
 GB = 1e9
 ACT_H, ACT_I, CKPT_H = 34.0, 8.2, 8.0
-LOGIT_TRAIN_BYTES, LOGIT_SCORE_BYTES = 12, 21
+LOGIT_TRAIN_BYTES, LOGIT_SCORE_BYTES = 12, 2
+SCORE_BLOCKS = 3 * 64 * 2**20  # token_logprobs' float32 block temporaries (no grad)
 VLLM_OVERHEAD = 2 * 2**30
 
 
@@ -104,7 +104,7 @@ def phases(s: Shape, step: Step, *, layout: str = "fp32", teacher: bool = True,
     micro_tokens = step.micro * (step.prompt + step.response)
     train = (base + update_extra + activations(s, micro_tokens, step.checkpointing)
              + LOGIT_TRAIN_BYTES * s.vocab * step.micro * step.response)
-    score = base + LOGIT_SCORE_BYTES * s.vocab * step.chunk * step.response
+    score = base + LOGIT_SCORE_BYTES * s.vocab * step.chunk * step.response + SCORE_BLOCKS
     if engine == "hf":
         rollout = base + kv_per_token(s, 4) * step.decode * (step.prompt + step.response)
         return {"rollout": rollout, "score": score, "train": train}

@@ -40,7 +40,8 @@ def test_phases_by_hand():
     tokens = 4 * 300
     act = tokens * 10 * (34.0 * 1000 + 8.2 * 4000)
     assert ph["train"] == pytest.approx(base + 6e9 + act + 12 * 50_000 * 4 * 200)
-    assert ph["score"] == pytest.approx(base + 21 * 50_000 * 2 * 200)
+    # A chunk of 2 sequences' bf16 logits, and token_logprobs' three 64 MiB float32 blocks.
+    assert ph["score"] == pytest.approx(base + 2 * 50_000 * 2 * 200 + 3 * 64 * 2**20)
     kv = 2 * 10 * 2 * 125 * 4  # fp32 KV of the HF engine, per token
     assert ph["rollout"] == pytest.approx(base + kv * 16 * 300)
     # Without sleep vLLM's share sits next to every stage; with it, only next to the rollout.
@@ -76,7 +77,8 @@ def test_the_checks_parameter_count_is_the_models(shape):
 
 
 def test_summary_and_verdicts():
-    steps = [{"step": s, "time/rollout_s": 2.0, "time/verify_s": 0.1, "time/score_s": 1.0,
+    steps = [{"step": s, "time/rollout_s": 2.0, "time/verify_s": 0.1, "time/pi_old_s": 0.25,
+              "time/teacher_s": 0.75, "memory/teacher_gib": 2.5, "memory/pi_old_gib": 2.0 + s,
               "time/train_s": 3.0, "time/sync_s": 0.5, "time/step_s": 7.0 if s > 1 else 30.0,
               "response_length": 10.0, "n_responses": 20, "loss": 0.5, "grad_norm": 1.0,
               "memory/train_gib": 3.0 + s} for s in (1, 2, 3)]
@@ -84,6 +86,7 @@ def test_summary_and_verdicts():
     assert s["step_s"] == 7.0  # the first step (CUDA start-up) is left out of the means
     assert s["rollout_tok_s"] == pytest.approx(10 * 20 / 2.0)
     assert s["mem_train_gib"] == 6.0 and s["losses_finite"] and s["signal"]
+    assert s["score_s"] == 1.0 and s["mem_score_gib"] == 5.0  # pi_old + teacher; their larger peak
     bad = gpu_check.summarize({"steps": [dict(steps[0], loss=float("nan"))]})
     assert not bad["losses_finite"]
 
