@@ -293,7 +293,8 @@ def shard(world: World, policy_model, *copies, bf16: bool) -> None:
     parameters are always fp32: they are the master weights AdamW steps. A policy loaded in
     16 bits (model.dtype bfloat16) is upcast before sharding and computes in its 16-bit dtype,
     which costs 4P/W bytes per rank instead of 2P/W, and is what lets small updates add up
-    (AdamW stepping bf16 weights rounds them away). Gradients are SUMMED over ranks, not
+    (AdamW stepping bf16 weights rounds them away); the teacher's copy is upcast with it (4P/W
+    too; its EMA then moves in fp32). Gradients are SUMMED over ranks, not
     averaged: each rank's loss already divides by the whole batch's count."""
     if world.size == 1:
         return
@@ -301,8 +302,9 @@ def shard(world: World, policy_model, *copies, bf16: bool) -> None:
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     low = [p.dtype for p in policy_model.parameters() if p.dtype in (torch.bfloat16, torch.float16)]
-    if low:
-        policy_model.float()
+    if low:  # the teacher's copy too: an EMA of it then needs no fp32 accumulators of its own
+        for model in (policy_model, *copies):
+            model.float()
     compute = low[0] if low else torch.bfloat16 if bf16 else None
     mesh = init_device_mesh(world.device_type, (world.size,))
     policy = (MixedPrecisionPolicy(param_dtype=compute, reduce_dtype=torch.float32)

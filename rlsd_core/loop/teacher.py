@@ -57,12 +57,10 @@ class Teacher:
         self.last_sync_step = 0
         self.model = policy if mode == "live" else self._copy(policy)
         # An EMA of 16-bit weights accumulates in fp32: (1 - decay) x (policy - ema) is mostly
-        # below half a bf16 ulp, and a bf16 EMA would round it away and stop moving.
+        # below half a bf16 ulp, and a bf16 EMA would round it away and stop moving. Built at
+        # first use (`_accumulators`), after the run has sharded the copy (under torchrun the
+        # copy is upcast to fp32 there and needs none).
         self._ema32: dict[str, torch.Tensor] | None = None
-        if mode == "ema" and any(t.is_floating_point() and t.element_size() < 4
-                                 for t in self.model.state_dict().values()):
-            self._ema32 = {k: t.detach().float().clone() for k, t in self.model.state_dict().items()
-                           if t.is_floating_point()}
 
     @staticmethod
     def _copy(policy):
@@ -106,9 +104,19 @@ class Teacher:
         for name, t in self.model.state_dict().items():
             t.copy_(src[name])
 
+    def _accumulators(self) -> dict[str, torch.Tensor] | None:
+        """The fp32 accumulators of an EMA over 16-bit weights (None for fp32 weights)."""
+        if self._ema32 is None and self.mode == "ema" and any(
+                t.is_floating_point() and t.element_size() < 4
+                for t in self.model.state_dict().values()):
+            self._ema32 = {k: t.detach().float().clone() for k, t in self.model.state_dict().items()
+                           if t.is_floating_point()}
+        return self._ema32
+
     @torch.no_grad()
     def _ema_from_policy(self) -> None:
         src = self.policy.state_dict()
+        acc32 = self._accumulators()
         seen = set()
         for name, t in self.model.state_dict().items():
             if local_ptr(t) in seen:  # a tied tensor appears under two names; update it once
@@ -116,8 +124,8 @@ class Teacher:
             seen.add(local_ptr(t))
             if not t.is_floating_point():  # integer buffers (counters, ids) cannot be averaged
                 t.copy_(src[name])
-            elif self._ema32 is not None:
-                acc = self._ema32[name]
+            elif acc32 is not None:
+                acc = acc32[name]
                 acc.lerp_(src[name].to(acc.dtype), 1.0 - self.ema_decay)
                 t.copy_(acc)
             else:
@@ -178,8 +186,9 @@ class Teacher:
         self.last_sync_step = state["last_sync_step"]
         if self.mode != "live":
             self.model.load_state_dict(state["weights"], strict=True)
-        if self._ema32 is not None:
+        acc32 = self._accumulators() if self.mode == "ema" else None
+        if acc32 is not None:
             saved = state.get("ema32") or {k: v.float() for k, v in state["weights"].items()
-                                            if k in self._ema32}
-            for k, acc in self._ema32.items():
+                                            if k in acc32}
+            for k, acc in acc32.items():
                 acc.copy_(saved[k])
