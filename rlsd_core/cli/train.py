@@ -225,7 +225,6 @@ def run_train(args: argparse.Namespace) -> int:
     from ..config import check_plugins
     check_plugins(cfg, pm.registry)
     from ..loop.run import check_environment, resolve_run_dir
-    check_environment(cfg)
     if args.check:
         from ..data import TeacherPrompts, load_task
         from ..loop.run import model_spec
@@ -235,8 +234,10 @@ def run_train(args: argparse.Namespace) -> int:
         TeacherPrompts(tasks, {t.injector: pm.registry.injector(t.injector) for t in tasks},
                        tokenizer=None).dry_run()
         model_spec(cfg, tasks)
+        check_environment(cfg)  # after the rows: vLLM with images is refused whether installed or not
         console.print("config OK")
         return 0
+    check_environment(cfg)
     launching = bool(nproc and nproc > 1 and "LOCAL_RANK" not in os.environ)
     from ..loop.distributed import World, check_rows
     # Before any process starts: one line, not a traceback from every rank.

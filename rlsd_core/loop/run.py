@@ -232,6 +232,7 @@ def setup(cfg: TrainConfig, pm: PluginManager | None = None, *, reporter: Report
     injectors = {t.injector: registry.injector(t.injector) for t in tasks}
     schedule = Schedule.from_config(cfg, registry)
     objective = registry.objective(cfg.algo.loss)
+    model_spec(cfg, tasks)  # a refusal (vLLM with images) costs a second, not a model load
     check_environment(cfg)
     TeacherPrompts(tasks, injectors, tokenizer=None).dry_run()
 
@@ -243,7 +244,6 @@ def setup(cfg: TrainConfig, pm: PluginManager | None = None, *, reporter: Report
     distributed.check_rows(world, cfg.rollout.prompts_per_step)
     if not world.is_main:  # one rank reports: observers, console and warm-up progress
         reporter, pm = quiet, distributed.observers(world, pm)
-    model_spec(cfg, tasks)  # a refusal (vLLM with images) costs a second, not a model load
     with distributed.main_first(world):  # rank 0 builds and caches the model, the others load it
         model, tokenizer, vision = load_policy(cfg, tasks, injectors, reporter, device)
     model = prepare_policy(model, cfg, device)
