@@ -58,7 +58,8 @@ def main(config: str, out: str) -> None:
         mine = [g * G + k for g in range(world.rank, len(whole.rows), world.size) for k in range(G)]
         rollout = dataclasses.replace(everything, **{
             f.name: [getattr(everything, f.name)[i] for i in mine]
-            for f in dataclasses.fields(everything)})
+            for f in dataclasses.fields(everything)
+            if getattr(everything, f.name) is not None})  # optional columns (vision) stay None
     verified = stages.verify(parts, batch, rollout)
     teacher_side = stages.teacher_prompts(parts, batch, rollout, verified)
     credit = stages.pi_old(parts, rollout, verified, teacher_side,
