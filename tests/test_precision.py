@@ -17,24 +17,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rlsd_core import VerifierRecord, hookimpl
 from rlsd_core import loop as T
 from rlsd_core.config import build_config
 from rlsd_core.loop.optim import (MasterWeightsAdamW, PrecisionError, build_optimizer, check_learns,
                                   stepped_params)
+from verifier_plugins import EvenLengthPlugin
 
 LR = 1e-6
 STEPS = 2
-
-
-def _even(completions, rows, **_):
-    return [1.0 if len(c) % 2 == 0 else 0.0 for c in completions]
-
-
-class _Plugin:
-    @hookimpl
-    def rlsd_verifiers(self):
-        return [VerifierRecord(name="even_length", fn=_even, columns=(), in_process=True)]
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +32,7 @@ def tpm():
     from rlsd_core.plugins import get_plugin_manager
 
     pm = get_plugin_manager()
-    pm.register(_Plugin(), name="precision-test-plugin")
+    pm.register(EvenLengthPlugin(), name="precision-test-plugin")
     return pm
 
 

@@ -11,13 +11,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rlsd_core import algo, hookimpl, VerifierRecord
+from rlsd_core import algo
 from rlsd_core import loop as T
 from rlsd_core.config import ConfigError, build_config
 from rlsd_core.loop import scoring, stages
 from rlsd_core.models import load_tiny, token_logprobs
 from rlsd_core.models import forward
 from rlsd_core.models.forward import PrefixSharingUnsupported
+from verifier_plugins import EvenLengthPlugin
 
 
 @pytest.fixture(scope="module")
@@ -158,19 +159,9 @@ def test_a_cache_that_cannot_be_shared_falls_back_or_raises():
 
 # --- through the trainer -----------------------------------------------------------------------
 
-def _even(completions, rows, **_):
-    return [1.0 if len(c) % 2 == 0 else 0.0 for c in completions]
-
-
-class _Plugin:
-    @hookimpl
-    def rlsd_verifiers(self):
-        return [VerifierRecord(name="even_length", fn=_even, columns=(), in_process=True)]
-
-
 @pytest.fixture
 def tpm(pm):
-    pm.register(_Plugin(), name="scoring-test-plugin")
+    pm.register(EvenLengthPlugin(), name="scoring-test-plugin")
     return pm
 
 

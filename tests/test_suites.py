@@ -10,27 +10,17 @@ import json
 import pytest
 import yaml
 
-from rlsd_core import VerifierRecord, hookimpl
 from rlsd_core import loop as T
 from rlsd_core.config import build_config
 from rlsd_core.data import SuiteError, shipped_suites, suite_tasks
 from rlsd_core import TaskError
 from rlsd_core.data import load_task, student_messages
-
-
-def _even(completions, rows, **_):
-    return [1.0 if len(c) % 2 == 0 else 0.0 for c in completions]
-
-
-class _Plugin:
-    @hookimpl
-    def rlsd_verifiers(self):
-        return [VerifierRecord(name="even_length", fn=_even, columns=(), in_process=True)]
+from verifier_plugins import EvenLengthPlugin
 
 
 @pytest.fixture
 def tpm(pm):
-    pm.register(_Plugin(), name="suites-test-plugin")
+    pm.register(EvenLengthPlugin(), name="suites-test-plugin")
     return pm
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import torch
 
-from rlsd_core import hookimpl, VerifierRecord
 from rlsd_core import loop as T
 from rlsd_core.config import build_config
 from rlsd_core.loop import stages
 from rlsd_core.loop.spans import inside_spans, thought_mask
 from rlsd_core.models import load_tokenizer, resolve_model
+from verifier_plugins import EvenLengthPlugin
 
 
 def test_inside_spans_marks_the_tokens_between_the_markers():
@@ -32,20 +32,10 @@ def test_thought_mask_on_real_token_ids():
     assert not mask[1].any() and not mask[0, len(ids):].any()
 
 
-def _even(completions, rows, **_):
-    return [1.0 if len(c) % 2 == 0 else 0.0 for c in completions]
-
-
-class _Plugin:
-    @hookimpl
-    def rlsd_verifiers(self):
-        return [VerifierRecord(name="even_length_t", fn=_even, columns=(), in_process=True)]
-
-
 def _step_credit(pm, tmp_path, **over):
     """Token advantages and token_mask of one real RLSD step (teacher on, lambda 0.5)."""
     base = {"steps": 1, "threads": 1, "output_dir": str(tmp_path), "warmup.enabled": "false",
-            "tasks": [{"name": "rev", "source": "reverse", "verifier": "even_length_t", "eval_size": 2,
+            "tasks": [{"name": "rev", "source": "reverse", "verifier": "even_length", "eval_size": 2,
                        "train_size": 16}],
             "rollout.prompts_per_step": 2, "rollout.group_size": 4, "rollout.max_new_tokens": 6,
             "log.console": False, "log.plot": False, "scheduler.name": "constant"}
@@ -69,7 +59,7 @@ def _step_credit(pm, tmp_path, **over):
 
 
 def test_thought_only_reaches_the_objective(pm, tmp_path):
-    pm.register(_Plugin(), name="thought-test")
+    pm.register(EvenLengthPlugin(), name="thought-test")
     plain = _step_credit(pm, tmp_path / "a")
     adv = plain.advantages[:, None].expand_as(plain.mask).to(plain.token_advantages.dtype)
     assert not torch.allclose(plain.token_advantages[plain.mask], adv[plain.mask]), \

