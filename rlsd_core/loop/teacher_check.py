@@ -40,6 +40,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from .. import algo
+from ..config import ConfigError
 from ..data import TaskData, TeacherPrompts, render_prompt, student_messages
 from ..engines import SamplingParams
 from ..leakage import leakage
@@ -406,8 +407,13 @@ def check_config(cfg, pm, *, rows: int, sample_rows: int, reporter=None,
     injectors = {t.injector: registry.injector(t.injector) for t in tasks}
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    model, tokenizer = load_policy(cfg, tasks, injectors, reporter or quiet)
-    model.to(pick_device(cfg))
+    device = pick_device(cfg)
+    model, tokenizer, vision = load_policy(cfg, tasks, injectors, reporter or quiet, device)
+    if vision is not None:
+        raise ConfigError("rlsd check-teacher: tasks with images are not supported yet (the check "
+                          "generates text-only prompts); run it on text tasks, or train with "
+                          "--teacher.check false (docs/multimodal.md)")
+    model.to(device)
     engine = make_engine(cfg.rollout.engine, model, tokenizer, **cfg.rollout.engine_options)
     scorers = {t.name: build_scorer(t, registry) for t in tasks}
     try:
