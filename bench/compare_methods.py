@@ -636,8 +636,8 @@ def aggregate(out: Path, settings: dict, log) -> None:
 
 def negative_control(grpo: dict, none: dict) -> dict:
     """RLSD whose teacher sees the student's prompt vs GRPO of the same seed. At step 1 the
-    snapshot teacher equals the policy, so delta is exactly 0, every weight is 1 and the step is
-    GRPO's; later the policy drifts from the snapshot and delta measures that drift only."""
+    snapshot teacher equals the policy, so delta is 0 up to float rounding (pi_old from the
+    rollout's decode vs the teacher's whole forward), every weight is 1 and the step is GRPO's; later the policy drifts from the snapshot and delta measures that drift only."""
     same = 0
     for a, b in zip(grpo["history"][1:], none["history"][1:]):
         if a.get("reward_mean") != b.get("reward_mean") or a.get("loss") != b.get("loss"):

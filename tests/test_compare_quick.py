@@ -52,9 +52,11 @@ def test_compare_methods_quick_mode(tmp_path):
     assert results["teacher_check"]["verdict"] in ("informative", "uninformative", "harmful")
     assert set(results["teacher_check"]["tasks"]) == {"addition", "reverse"}
     # The negative control: at step 1 the snapshot teacher is the policy and sees the student's
-    # prompt, so delta is exactly 0 and the step is GRPO's, bit for bit.
+    # prompt, so delta is 0 up to float rounding (pi_old comes from the rollout's incremental
+    # decode, the teacher from one whole forward: issue 13 bounds the gap by 1e-5; 2.5e-9 seen)
+    # and the step is GRPO's: its logged metrics are identical.
     control = results["negative_control"]["seed 0"]
-    assert control["delta_step1"] == 0.0 and control["steps_identical_to_grpo"] >= 1
+    assert abs(control["delta_step1"]) <= 1e-6 and control["steps_identical_to_grpo"] >= 1
     # RLSD logs its teacher statistics while lambda > 0; GRPO never runs the teacher.
     rlsd = json.loads((out / "records" / "rlsd-s0.json").read_text())["history"]
     assert rlsd[1]["lambda"] > 0 and rlsd[1]["teacher_skipped"] == 0 and rlsd[1]["clip_frac"] is not None
