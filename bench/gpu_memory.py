@@ -164,7 +164,7 @@ def measure(device: str = "cpu") -> dict[str, float]:
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from rlsd_core.models import enable_checkpointing
+    from rlsd_core.models import enable_checkpointing, saved_activations
 
     def per_token(h, i, heads, kv, hd, checkpointing):
         cfg = Qwen2Config(vocab_size=512, hidden_size=h, intermediate_size=i, num_hidden_layers=2,
@@ -172,20 +172,10 @@ def measure(device: str = "cpu") -> dict[str, float]:
         model = Qwen2ForCausalLM(cfg).to(device).train()
         if checkpointing:
             enable_checkpointing(model)
-        weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
         totals = []
         for t in (64, 128):
-            seen: dict[int, int] = {}
-
-            def pack(x):
-                ptr = x.untyped_storage().data_ptr()
-                if ptr not in weights:
-                    seen[ptr] = x.untyped_storage().nbytes()
-                return x
-
             ids = torch.randint(0, 512, (2, t), device=device)
-            with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x), \
-                    torch.autocast(device, dtype=torch.bfloat16):
+            with saved_activations(model) as seen, torch.autocast(device, dtype=torch.bfloat16):
                 model.model(input_ids=ids, attention_mask=torch.ones_like(ids))
             totals.append(sum(seen.values()))
         return (totals[1] - totals[0]) / (2 * 64) / 2

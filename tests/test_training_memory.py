@@ -18,7 +18,7 @@ from rlsd_core import loop as T
 from rlsd_core.config import build_config
 from rlsd_core.engines import SamplingParams
 from rlsd_core.loop import checkpoint
-from rlsd_core.models import is_checkpointing, token_logprobs
+from rlsd_core.models import is_checkpointing, saved_activations, token_logprobs
 
 
 def _cfg(tmp_path, **over):
@@ -100,17 +100,8 @@ def test_a_scheduler_that_breaks_its_declared_bound_stops_the_run(tmp_path, pm):
 def _saved_activation_bytes(model, prompts, responses) -> tuple[int, torch.Tensor]:
     """Bytes of the activations autograd keeps for the backward pass (distinct storages, the
     weights excluded), and the gradient of a log-prob loss, for one training forward."""
-    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    seen: dict[int, int] = {}
-
-    def pack(t):
-        ptr = t.untyped_storage().data_ptr()
-        if ptr not in weights:
-            seen[ptr] = t.untyped_storage().nbytes()
-        return t
-
     model.zero_grad(set_to_none=True)
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with saved_activations(model) as seen:
         loss = -token_logprobs(model, prompts, responses).logprobs.sum()
     loss.backward()
     return sum(seen.values()), torch.cat([p.grad.flatten() for p in model.parameters()])
