@@ -413,3 +413,87 @@ def test_g04_soak_5000_calls_two_way_parallel():
         assert after.rss <= before.rss * 1.10, (before.rss, after.rss)
         assert runtime.stats["samples"] >= 5300
         assert runtime.stats["crashes"] == 0 and runtime.stats["timeouts"] == 0
+
+
+# ------------------------------------------------------------- the fast polynomial reader
+def _generated_polynomials(n: int, seed: int) -> list[str]:
+    """Integer polynomials as models and generators write them: coefficients with and without
+    a multiplication sign, powers with and without braces, factored forms, \\frac terms."""
+    import random
+
+    rng = random.Random(seed)
+
+    def mono() -> str:
+        c = rng.choice(["", str(rng.randint(1, 999)), str(rng.randint(1, 99999))])
+        sep = rng.choice(["", " ", "*", " \\cdot ", " \\times "]) if c else ""
+        m = f"{c}{sep}{rng.choice('xyzabtkXCn')}{rng.choice(['', '^2', '^{3}', '^{12}', '^ {4}'])}"
+        if rng.random() < 0.2:
+            m += rng.choice([" y", "y", "*y^2", " z^{2}"])
+        if c and rng.random() < 0.15:
+            m = f"\\frac{{{m}}}{{{rng.randint(2, 60)}}}"
+        return m
+
+    def poly(depth: int = 0) -> str:
+        terms = [mono() if rng.random() < 0.8 else str(rng.randint(0, 999))
+                 for _ in range(rng.randint(1, 4))]
+        s = rng.choice(["", "-", "- "]) + terms[0]
+        for t in terms[1:]:
+            s += rng.choice([" + ", " - ", "+", "-"]) + t
+        if depth == 0 and rng.random() < 0.35:
+            s = rng.choice(["", "3 ", "-2", "x^{2} ", "x ", "- 43 "]) + "".join(
+                f"({poly(1)})" + rng.choice(["", " ", "^2", "^{3}"]) for _ in range(rng.randint(1, 3)))
+        return s
+
+    return [poly() for _ in range(n)]
+
+
+def test_fast_polynomial_reads_what_the_parser_reads():
+    """A second implementation to check the fast reader against: latex2sympy, on generated
+    polynomials and on every polynomial the labeled sources send to the parser. Equal values
+    (the parser's tree may keep cancelled terms, `-a^9 + a^9`, so its symbols may be more)."""
+    import sympy
+
+    from rlsd_verifiers.math.parsing import _latex2sympy, fast_polynomial, plain_to_latex
+
+    rows = [plain_to_latex(extract(c["completion"]).text or "") for c in math_labeled.load()
+            if c["task"].startswith(("polynomial", "simple_integration"))]
+    corpus = _generated_polynomials(30, seed=7) + [
+        "7224 x^{6} + 6450 x^{5} + 8166 x^{4} + 10341 x^{3} + 2295 x^{2} + 3645 x",
+        "x^{3} (19 x - 35) (64 x^{2} + 5 x + 74)", "- 43 (73 x^{2} - 68) (61 x^{3} + 6)",
+        "3 x (86 x^{2} + 45)", "C + \\frac{187 x^{2}}{56}", "- \\frac{3 X^{3}}{10} + X^{2} + C",
+        "7224*x^6 + 6450*x^5 + 3645*x", "4510 - 11669 y", "x(x+1)", "(x+1)(x-1)", "3xy",
+        "2 \\cdot x \\times y"]
+    parse = _latex2sympy()
+    accepted = 0
+    for s in corpus + rows[::8]:
+        fast = fast_polynomial(s)
+        if fast is None:
+            continue
+        accepted += 1
+        slow = parse(s)
+        assert sympy.expand(slow - fast) == 0, (s, slow, fast)
+        assert fast.free_symbols <= slow.free_symbols, (s, slow, fast)
+    assert accepted >= 35  # the reader is really used, not silently giving up
+
+
+@pytest.mark.parametrize("text", [
+    "f(x)", "P(x)", "x(2)", "x^{2} (x)",  # function calls to the parser
+    "2 3", "x2", "(x+1)2", "x^23", "x^2^3",  # what LaTeX readers read oddly
+    "x e", "2I", "10^{400}", "\\frac{1}{0}", "\\frac13", "\\frac{1}{2}^2", "0.5 x", "x/2",
+    "x = 3", "x < 1", "(1, 2)", "\\sqrt{2} x", "x^{1000}", "a - -b", "x^{-1}"])
+def test_fast_polynomial_gives_up_on_what_it_does_not_read_like_the_parser(text):
+    from rlsd_verifiers.math.parsing import fast_polynomial
+
+    assert fast_polynomial(text) is None
+
+
+@pytest.mark.parametrize("completion,gold,reward", [
+    ("\\boxed{x^{3} (19 x - 35)}", "19*x**4 - 35*x**3", 1.0),
+    ("\\boxed{19 x^{4} - 35 x^{3}}", "x^{3} (19 x - 35)", 1.0),
+    ("\\boxed{19 x^{4} - 34 x^{3}}", "x^{3} (19 x - 35)", 0.0),
+    ("\\boxed{C + \\frac{187 x^{2}}{56}}", "187*x**2/56 + C", 1.0),
+    ("\\boxed{\\frac{187 x^{2}}{56}}", "187*x**2/56 + C", 0.0),
+    ("\\boxed{2 \\cdot 3}", "6", 1.0),
+])
+def test_polynomials_on_the_fast_route_score_as_before(completion, gold, reward):
+    assert score_one(completion, {"answer": gold}).reward == reward
