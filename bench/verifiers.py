@@ -12,8 +12,16 @@ wall-clock deadline, the cache off:
   - rlsd extraction + Math-Verify: rlsd's hygiene, extraction and hedge rules, then
     Math-Verify's parser and comparison (the engine alternative considered in issue 17).
 It prints accuracy per source (false positives and negatives apart), then throughput on all
-rows: items per second under the deadline, CPU ms per item in-process (the steadier number on a
-shared machine), peak worker RSS; then rlsd's reward-cache hit rate on grouped samples.
+rows: items per second under the deadline and the CPU the workers spent per item in the same
+runs (the steadier number on a shared machine), medians of the interleaved rounds, peak worker
+RSS; then rlsd's reward-cache hit rate on grouped samples.
+
+Every round starts fresh worker processes and warms them on other rows (WARM_UP and a
+reasoning-gym build with another seed) before the clock starts, so that imports are done but
+no measured row has been seen: a row's parse is never a cache hit (sympy's and antlr's caches
+would otherwise flatter whichever engine ran a row before). Math-Verify runs as its docs
+advise, `parse` then `verify` with their default SIGALRM timeouts (they work: each worker calls
+them on its main thread), under the runtime's same hard deadline.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import statistics
 import sys
 import threading
 import time
@@ -77,19 +86,35 @@ def run(record, cases, *, workers, timeout, cache):
         rt.score([c["completion"] for c in warm], [{"answer": c["gold"]} for c in warm])
         rt.clear_cache()
         base = rt.stats
+        cpu0 = worker_cpu(rt)
         with PeakRSS(rt) as rss:
             t0 = time.perf_counter()
             out = rt.score(completions, rows)
             elapsed = time.perf_counter() - t0
+        cpu1 = worker_cpu(rt)
         stats = rt.stats
         rt.clear_cache()
     infra = {k: stats[k] - base[k] for k in ("timeouts", "crashes", "verifier_errors")}
     return {
         "out": out, "items_s": len(cases) / elapsed, "rss_mb": rss.peak / 2**20,
+        "cpu_ms": 1000 * sum(t - cpu0.get(pid, 0.0) for pid, t in cpu1.items()) / len(cases),
         "hit_rate": (stats["cache_hits"] - base["cache_hits"]) / max(
             1, stats["cache_lookups"] - base["cache_lookups"]), **infra,
         **accuracy(cases, out),
     }
+
+
+def worker_cpu(rt: VerifierRuntime) -> dict[int, float]:
+    """User + system CPU seconds of each live worker (a replaced worker's time is lost; the
+    table's timeouts and crashes columns say whether any was)."""
+    out = {}
+    for pid in rt.worker_pids():
+        try:
+            t = psutil.Process(pid).cpu_times()
+            out[pid] = t.user + t.system
+        except psutil.Error:
+            pass
+    return out
 
 
 WARM_UP = [{"completion": c, "gold": g} for c, g in (
@@ -119,21 +144,10 @@ def sources() -> dict[str, list[dict]]:
     return out
 
 
-def cpu_cost(record, cases, repeats: int) -> float:
-    """CPU seconds per item when the verifier's function runs in this process (no runtime, no
-    deadline): the intrinsic cost, insensitive to other load on the machine. Best of rounds;
-    each round starts with cold per-process caches."""
-    from rlsd_verifiers.math import clear_caches
-
-    best = float("inf")
-    record.fn([cases[0]["completion"]], [{"answer": cases[0]["gold"]}])  # imports
-    for _ in range(repeats):
-        clear_caches()
-        t0 = time.process_time()
-        for c in cases:
-            record.fn([c["completion"]], [{"answer": c["gold"]}])
-        best = min(best, time.process_time() - t0)
-    return best / len(cases)
+def median_round(rs: list[dict]) -> dict:
+    """The round with the median items/s (its accuracy equals every round's: verdicts are
+    deterministic unless a deadline fired, which the timeouts column shows)."""
+    return sorted(rs, key=lambda r: r["items_s"])[len(rs) // 2]
 
 
 def grouped(cases, group_size=8, seed=0):
@@ -159,7 +173,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--timeout", type=float, default=5.0)
-    ap.add_argument("--repeats", type=int, default=3, help="rounds per verifier (best kept)")
+    ap.add_argument("--repeats", type=int, default=3, help="interleaved rounds per engine (median kept)")
     ap.add_argument("--show-errors", action="store_true")
     args = ap.parse_args(argv)
 
@@ -169,17 +183,16 @@ def main(argv=None) -> int:
     groups = grouped(gym)
     print(f"labeled rows: {len(cases)} ({sum(c['expected'] for c in cases)} equivalent) from "
           f"{len(by_source)} sources; {args.workers} workers, {args.timeout:g} s hard deadline per "
-          f"sample, {os.cpu_count()} cores, best of {args.repeats} alternating rounds; load "
+          f"sample, {os.cpu_count()} cores, medians of {args.repeats} interleaved rounds; load "
           f"average {os.getloadavg()[0]:.1f}", flush=True)
-    results: dict = {}
-    # Alternate the engines and keep each one's fastest round: on a shared machine the load
-    # changes between runs, and the fastest round is the least disturbed one.
+    rounds: dict = {name: [] for name, _ in ENGINES}
+    # Interleave the engines round by round and report medians: on a shared machine the load
+    # drifts, and each engine then sees the same drift.
     for _round in range(args.repeats):
         for name, rec in ENGINES:
-            r = run(rec, cases, workers=args.workers, timeout=args.timeout, cache=0)
-            if name not in results or r["items_s"] > results[name]["items_s"]:
-                results[name] = r
-    cpu = {name: cpu_cost(rec, cases, args.repeats) for name, rec in ENGINES}
+            rounds[name].append(run(rec, cases, workers=args.workers, timeout=args.timeout,
+                                    cache=0))
+    results = {name: median_round(rs) for name, rs in rounds.items()}
     g_mv = run(MV_RECORD, groups, workers=args.workers, timeout=args.timeout, cache=0)
     g_rlsd = run(RLSD_RECORD, groups, workers=args.workers, timeout=args.timeout, cache=100_000)
 
@@ -198,20 +211,24 @@ def main(argv=None) -> int:
         print(line)
         if source != "all":
             pos += len(rows)
-    head = (f"{'engine':<20}{'items/s':>10}{'CPU ms/item':>13}{'peak RSS':>11}{'timeouts':>10}"
-            f"{'crashes':>9}")
+    head = (f"{'engine':<20}{'items/s':>10}{'(range)':>12}{'CPU ms/item':>13}{'peak RSS':>11}"
+            f"{'timeouts':>10}{'crashes':>9}")
     print("\nthroughput on all rows")
     print(head)
     print("-" * len(head))
     for n in names:
         r = results[n]
-        print(f"{n:<20}{r['items_s']:>10.0f}{cpu[n] * 1000:>13.2f}{r['rss_mb']:>8.0f} MB"
-              f"{r['timeouts']:>10}{r['crashes']:>9}")
+        lo, hi = (min(x["items_s"] for x in rounds[n]), max(x["items_s"] for x in rounds[n]))
+        print(f"{n:<20}{r['items_s']:>10.0f}{f'({lo:.0f}-{hi:.0f})':>12}{r['cpu_ms']:>13.2f}"
+              f"{r['rss_mb']:>8.0f} MB{r['timeouts']:>10}{r['crashes']:>9}")
     mv, me = results["Math-Verify 0.9.0"], results["rlsd math"]
-    print(f"\nthroughput rlsd / Math-Verify: {me['items_s'] / mv['items_s']:.1f}x items/s under the "
-          f"deadline; {cpu['Math-Verify 0.9.0'] / cpu['rlsd math']:.1f}x in CPU per item")
+    ratios = sorted(a["items_s"] / b["items_s"] for a, b in
+                    zip(rounds["rlsd math"], rounds["Math-Verify 0.9.0"]))
+    print(f"\nthroughput rlsd / Math-Verify: {me['items_s'] / mv['items_s']:.2f}x items/s under the "
+          f"deadline (median rounds; per round {', '.join(f'{x:.2f}' for x in ratios)}); "
+          f"{mv['cpu_ms'] / me['cpu_ms']:.2f}x in worker CPU per item")
     print("(items/s: wall clock through the runtime, sensitive to other load on the machine; CPU "
-          "ms/item: the verifier's function in-process, single thread, the steadier number)")
+          "ms/item: user + system time of the worker processes in the same runs)")
     print(f"\ngrouped samples ({len(groups)} = {len(groups) // 8} reasoning-gym prompts x 8):")
     print(f"  Math-Verify (no cache)      {g_mv['items_s']:>8.0f} items/s   accuracy {g_mv['accuracy']:.1%}")
     print(f"  rlsd math with reward cache {g_rlsd['items_s']:>8.0f} items/s   accuracy "

@@ -1,6 +1,6 @@
 """Answer strings -> values.
 
-Two routes, both ending in exact objects:
+Three routes, all ending in exact objects:
 - a fast path, without sympy, for what most answers are: integers of any length, decimals,
   scientific notation, `a/b` and `\\frac{a}{b}` with integer parts -> `fractions.Fraction`. This
   is literal recognition by one regex, not a parser: anything else goes to the next route;
