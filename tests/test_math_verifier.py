@@ -497,3 +497,27 @@ def test_fast_polynomial_gives_up_on_what_it_does_not_read_like_the_parser(text)
 ])
 def test_polynomials_on_the_fast_route_score_as_before(completion, gold, reward):
     assert score_one(completion, {"answer": gold}).reward == reward
+
+
+@pytest.mark.parametrize("completion,gold", [
+    ("So the answer is \\boxed{12", "12"),  # cut by the token limit: it may have gone on, 123
+    ("So the answer is \\boxed{12", "123"),
+    ("Thus \\boxed{\\frac{1}{2}", "\\frac{1}{2}"),
+    ("We get $\\frac12$, hence \\boxed{\\frac{1}{2}", "\\frac{1}{2}"),  # no fallback past it
+])
+def test_a_box_cut_off_by_the_token_limit_is_never_rewarded(completion, gold):
+    """Math-Verify's suite has a gold with an unclosed box (we say gold_error); the model-side
+    case is a completion cut inside its box. Its content may be a prefix of the answer, so it
+    is unreadable, and the text before it is not searched for an older answer."""
+    v = score_one(completion, {"answer": gold})
+    assert v.reward == 0.0 and v.category is Category.PARSE_ERROR, v
+
+
+@pytest.mark.parametrize("completion", [
+    "The final answer is\n\n12.", "The answer is:\n$$\n12\n$$", "**Answer:**\n\n12",
+    "Final Answer:\nThe final answer is\n$12$. I hope it is correct.", "Answer $ \n 12 \n $",
+])
+def test_an_answer_phrase_or_formula_split_by_line_breaks_is_read(completion):
+    """Math-Verify labels `Answer $ \\n 9 \\n $` "not 9" (its inline-math pattern stops at a line
+    break); models do break lines inside display math and after answer phrases."""
+    assert score_one(completion, {"answer": "12"}).reward == 1.0
