@@ -261,6 +261,21 @@ def dumps(rows: list[dict]) -> str:
     return "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows)
 
 
+# Labels that are mathematically wrong, by origin, with the reason. The frozen rows keep the
+# peer's label (they must equal a fresh build); `with_errata` gives the corrected view, which
+# bench/verifiers.py reports beside the labeled one (never instead of it).
+ERRATA = {
+    "tests/test_yujianll.py::test_string_extraction[9]":
+        "labelled equivalent, but 1 + 1/e - (1 - 1/e) = 2/e != 0",
+}
+
+
+def with_errata(rows: list[dict]) -> list[dict]:
+    """`rows` with every ERRATA label flipped (and the reason in `erratum`)."""
+    return [{**r, "expected": not r["expected"], "erratum": ERRATA[r["origin"]]}
+            if r.get("origin") in ERRATA else r for r in rows]
+
+
 def load(peer: str | None = None) -> list[dict]:
     """The frozen rows of one peer, or of all peers."""
     out = []

@@ -521,3 +521,12 @@ def test_an_answer_phrase_or_formula_split_by_line_breaks_is_read(completion):
     """Math-Verify labels `Answer $ \\n 9 \\n $` "not 9" (its inline-math pattern stops at a line
     break); models do break lines inside display math and after answer phrases."""
     assert score_one(completion, {"answer": "12"}).reward == 1.0
+
+
+def test_errata_flip_only_wrong_labels_and_rlsd_agrees_with_the_corrected_ones(rt):
+    rows = peer_suites.load()
+    fixed = peer_suites.with_errata(rows)
+    flipped = [(a, b) for a, b in zip(rows, fixed) if a["expected"] != b["expected"]]
+    assert {a["origin"] for a, _ in flipped} == set(peer_suites.ERRATA)  # each erratum names a real row
+    out = rt.score([b["completion"] for _, b in flipped], [{"answer": b["gold"]} for _, b in flipped])
+    assert [v.reward == 1.0 for v in out] == [b["expected"] for _, b in flipped]
