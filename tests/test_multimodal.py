@@ -301,6 +301,16 @@ def test_rlsd_train_suite_shapes_two_steps_then_eval_the_checkpoint(tmp_path, mo
     assert all(m["zero_var_frac"] == 1.0 or m["grad_norm"] > 0 for m in metrics[1:]), metrics
     ckpt = run / "checkpoints" / "step-000002"
     assert "image_processor" in json.loads((ckpt / "processor_config.json").read_text())
+    # The teacher check on the same held-out rows with the pixels: its student greedy accuracy
+    # is the run's evaluation of the same weights (another path: loop/evaluation.py).
+    assert rlsd_main(["check-teacher", "--suite", "shapes", "--set", "tasks.0.options.size=80",
+                      "--set", "tasks.0.eval_size=8", "--model.name_or_path", str(ckpt),
+                      "--warmup.enabled", "false", "--rows", "8", "--sample-rows", "2",
+                      "--rollout.group_size", "4", "--rollout.max_new_tokens", "3",
+                      "--eval.max_new_tokens", "3", "--threads", "1", "--json", "-"]) in (0, 1)
+    check = json.loads(capsys.readouterr().out)["tasks"]["shapes"]
+    assert check["rows"] == 8 and check["samples"] == 8
+    assert check["acc_student"] == metrics[2]["eval/shapes"]
     assert rlsd_main(["eval", str(ckpt), "--suite", "shapes", "--limit", "4", "--json", "-"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["tasks"]["shapes"]["n"] == 4

@@ -40,8 +40,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from .. import algo
-from ..config import ConfigError
-from ..data import TaskData, TeacherPrompts, render_prompt, student_messages
+from ..data import TaskData, TeacherPrompts, encode_prompt, student_messages
 from ..engines import SamplingParams
 from ..leakage import leakage
 from ..models import token_logprobs
@@ -238,12 +237,27 @@ def answer_token_mask(tokenizer, response_ids: Sequence[int], span: tuple[int, i
 # the check
 # ---------------------------------------------------------------------------------------------
 
-def _greedy(engine, tokenizer, prompts: list[list[int]], max_new_tokens: int) -> list[str]:
+def _images(vision: list | None, lo: int = 0, hi: int | None = None) -> dict:
+    """The `vision=` argument of engine.generate for prompts lo:hi (none for text prompts)."""
+    return {} if vision is None else {"vision": vision[lo:hi]}
+
+
+def _students(tokenizer, rows, vision) -> tuple[list[list[int]], list | None]:
+    """The student prompts of `rows` and their pixel inputs (None when no row has images), as
+    the rollout stage encodes them; the teacher prompts reuse these pixel inputs (the injector
+    keeps the images, rlsd_core.data.prompts.TeacherPrompts)."""
+    encoded = [encode_prompt(tokenizer, student_messages(r), vision) for r in rows]
+    pixels = [v for _, v in encoded]
+    return [ids for ids, _ in encoded], pixels if any(v is not None for v in pixels) else None
+
+
+def _greedy(engine, tokenizer, prompts: list[list[int]], max_new_tokens: int,
+            vision: list | None = None) -> list[str]:
     params = SamplingParams(n=1, temperature=0.0, max_new_tokens=max_new_tokens,
                             stop_token_ids=(tokenizer.eos_token_id,))
     texts = []
     for lo in range(0, len(prompts), CHUNK):
-        for group in engine.generate(prompts[lo:lo + CHUNK], params):
+        for group in engine.generate(prompts[lo:lo + CHUNK], params, **_images(vision, lo, lo + CHUNK)):
             texts.append(tokenizer.decode(group[0].token_ids, skip_special_tokens=True))
     return texts
 
@@ -274,11 +288,11 @@ def _greedy_part(model_parts: dict, task: TaskData, scorer, settings: Settings) 
     A group injector (one that reads sibling responses) gets an empty group here."""
     tok, engine, prompts = model_parts["tokenizer"], model_parts["engine"], model_parts["prompts"]
     rows = task.eval[:settings.rows]
-    student = [render_prompt(tok, student_messages(r)) for r in rows]
+    student, pixels = _students(tok, rows, model_parts["vision"])
     pairs = [prompts.prompt(task.name, r) for r in rows]  # (ids, what only the teacher saw)
     teacher, hints = [ids for ids, _ in pairs], [hint for _, hint in pairs]
-    s_ok = _ok(scorer.score(_greedy(engine, tok, student, settings.eval_max_new_tokens), rows))
-    t_texts = _greedy(engine, tok, teacher, settings.eval_max_new_tokens)
+    s_ok = _ok(scorer.score(_greedy(engine, tok, student, settings.eval_max_new_tokens, pixels), rows))
+    t_texts = _greedy(engine, tok, teacher, settings.eval_max_new_tokens, pixels)
     t_ok = _ok(scorer.score(t_texts, rows))
     leaks = sum(bool(leakage(text, hint, row["prompt"])) for text, hint, row in zip(t_texts, hints, rows))
     return {"rows": len(rows), "acc_student": sum(s_ok) / len(rows), "acc_teacher": sum(t_ok) / len(rows),
@@ -290,21 +304,23 @@ def _sampled_part(model_parts: dict, task: TaskData, scorer, settings: Settings,
     tok, engine, prompts = model_parts["tokenizer"], model_parts["engine"], model_parts["prompts"]
     G = settings.group_size
     rows = task.eval[:settings.sample_rows]
-    student = [render_prompt(tok, student_messages(r)) for r in rows]
+    student, pixels = _students(tok, rows, model_parts["vision"])
     params = SamplingParams(n=G, temperature=settings.temperature, max_new_tokens=settings.max_new_tokens,
                             stop_token_ids=(tok.eos_token_id,), seed=settings.seed)
-    groups = engine.generate(student, params)
+    groups = engine.generate(student, params, **_images(pixels))
     resp = [list(g.token_ids) for group in groups for g in group]
     texts = [tok.decode(r, skip_special_tokens=True) for r in resp]
     verdicts = scorer.score(texts, [row for row in rows for _ in range(G)])
     right = _ok(verdicts)
     t_ids = _teacher_ids(prompts, task, rows, texts, verdicts, G)
     s_ids = [p for p in student for _ in range(G)]
+    each = None if pixels is None else [v for v in pixels for _ in range(G)]  # student's = teacher's
     with torch.no_grad():
         lp_s = token_logprobs(model_parts["model"], s_ids, resp, temperature=settings.temperature,
-                              micro_batch=settings.micro_batch, pad_id=tok.pad_token_id)
+                              micro_batch=settings.micro_batch, pad_id=tok.pad_token_id, vision=each)
     lp_t = model_parts["teacher"].score(t_ids, resp, temperature=settings.temperature,
-                                        micro_batch=settings.micro_batch, pad_id=tok.pad_token_id)
+                                        micro_batch=settings.micro_batch, pad_id=tok.pad_token_id,
+                                        vision=each)
     mask = lp_s.mask.cpu()
     delta = (lp_t.logprobs - lp_s.logprobs).float().cpu().clamp(-algo.DELTA_CLAMP, algo.DELTA_CLAMP) * mask
     per_resp = [float(delta[i][mask[i]].mean()) if mask[i].any() else 0.0 for i in range(len(resp))]
@@ -332,13 +348,14 @@ def _sampled_part(model_parts: dict, task: TaskData, scorer, settings: Settings,
 
 def check_tasks(*, model, tokenizer, engine, teacher: Teacher | None, tasks: Sequence[TaskData],
                 scorers: dict, prompts: TeacherPrompts, eps_w: dict[str, float], settings: Settings,
-                on_task: Callable[[str], None] | None = None) -> TeacherCheckReport:
+                on_task: Callable[[str], None] | None = None, vision=None) -> TeacherCheckReport:
     """Run the check on every task. `teacher` scores the teacher prompts (None: the policy
     itself, which is what every teacher mode holds at step 0); `eps_w` is each task's configured
-    eps_w; `engine` generates with the policy's weights."""
+    eps_w; `engine` generates with the policy's weights; `vision` is the model's vision prompter
+    (rows with images: greedy, sampling, student and teacher scoring all get the row's pixels)."""
     started = time.perf_counter()
     parts = {"model": model, "tokenizer": tokenizer, "engine": engine, "prompts": prompts,
-             "teacher": teacher or Teacher(model, mode="live")}
+             "teacher": teacher or Teacher(model, mode="live"), "vision": vision}
     was_training = model.training
     model.eval()
     checks = []
@@ -378,7 +395,7 @@ def run_check(run, *, rows: int, sample_rows: int) -> TeacherCheckReport:
     return check_tasks(model=p.model, tokenizer=p.tokenizer, engine=p.engine, teacher=p.teacher,
                        tasks=p.tasks, scorers=p.scorers, prompts=p.prompts,
                        eps_w=configured_eps_w(p.cfg, p.pm.registry, [t.name for t in p.tasks]),
-                       settings=settings_for(p.cfg, rows=rows, sample_rows=sample_rows))
+                       settings=settings_for(p.cfg, rows=rows, sample_rows=sample_rows), vision=p.vision)
 
 
 def summary_line(t: TaskCheck) -> str:
@@ -409,19 +426,15 @@ def check_config(cfg, pm, *, rows: int, sample_rows: int, reporter=None,
         torch.set_num_threads(cfg.threads)
     device = pick_device(cfg)
     model, tokenizer, vision = load_policy(cfg, tasks, injectors, reporter or quiet, device)
-    if vision is not None:
-        raise ConfigError("rlsd check-teacher: tasks with images are not supported yet (the check "
-                          "generates text-only prompts); run it on text tasks, or train with "
-                          "--teacher.check false (docs/multimodal.md)")
     model.to(device)
     engine = make_engine(cfg.rollout.engine, model, tokenizer, **cfg.rollout.engine_options)
     scorers = {t.name: build_scorer(t, registry) for t in tasks}
     try:
         return check_tasks(model=model, tokenizer=tokenizer, engine=engine, teacher=None, tasks=tasks,
-                           scorers=scorers, prompts=TeacherPrompts(tasks, injectors, tokenizer),
+                           scorers=scorers, prompts=TeacherPrompts(tasks, injectors, tokenizer, vision),
                            eps_w=configured_eps_w(cfg, registry, [t.name for t in tasks]),
                            settings=settings_for(cfg, rows=rows, sample_rows=sample_rows),
-                           on_task=on_task)
+                           on_task=on_task, vision=vision)
     finally:
         engine.close()
         for scorer in scorers.values():
