@@ -229,6 +229,39 @@ def test_hf_engine_logprobs_with_images_equal_the_scoring_forward(vlm):
         assert torch.allclose(shared.logprobs[i, :n], scored.logprobs[i, :n], atol=1e-5)
 
 
+def test_the_engine_never_samples_image_placeholders_and_its_rollouts_score(vlm):
+    """A response holding <|image_pad|> (or the other placeholders) cannot be scored: the forward
+    has no feature for it and transformers' get_rope_index fails (seen at step 12 of a shapes run
+    at temperature 1). Logits pushed +30 toward every placeholder: the engine still picks none, at
+    temperature 1 and greedy, and reports the full distribution's log-probs, which the scoring
+    forward reproduces."""
+    import copy
+
+    from rlsd_core.models import placeholder_token_ids
+
+    model, tok, vision = vlm
+    banned = placeholder_token_ids(model.config)
+    assert len(banned) == 4 and model.config.image_token_id in banned
+    pushed = copy.deepcopy(model)
+    bias = torch.zeros(pushed.config.text_config.vocab_size if hasattr(pushed.config, "text_config")
+                       else pushed.config.vocab_size)
+    bias[banned] = 30.0
+    pushed.lm_head.register_forward_hook(lambda _m, _i, out: out + bias)
+    a = encode_prompt(tok, _messages(_png(2)), vision)
+    engine = make_engine("hf", pushed, tok)
+    greedy = engine.generate([a[0]], SamplingParams(n=1, temperature=0.0, max_new_tokens=4),
+                             vision=[a[1]])[0]
+    sampled = engine.generate([a[0]], SamplingParams(n=4, max_new_tokens=4, seed=1), vision=[a[1]])[0]
+    ids = [i for g in greedy + sampled for i in g.token_ids]
+    assert len(ids) >= 5 and not set(ids) & set(banned), ids
+    with torch.no_grad():
+        scored = token_logprobs(pushed, [a[0]] * 4, [g.token_ids for g in sampled], vision=[a[1]] * 4)
+    for i, g in enumerate(sampled):
+        n = len(g.token_ids)
+        assert torch.allclose(scored.logprobs[i, :n], torch.tensor(g.logprobs), atol=1e-4)
+        assert max(g.logprobs) < -20  # the placeholders hold the mass: reported, never sampled
+
+
 def test_leakage_ignores_image_tokens(vlm, pm):
     _, tok, vision = vlm
     row = {"prompt": "How many squares?", "answer": "2", "images": [_png(2)],

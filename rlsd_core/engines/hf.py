@@ -11,7 +11,8 @@ depend on the batch it is decoded in; and the left-padding / position-id convent
 
 Images: `generate(prompts, params, vision=...)` takes one rlsd_core.models.vision.VisionInputs
 (or None) per prompt; the pixel inputs go into the prefill only, and the decoding positions
-continue the prompt's (3-D for M-RoPE models) positions.
+continue the prompt's (3-D for M-RoPE models) positions. A VLM never samples its image
+placeholder tokens (a response holding one could not be scored).
 
 Colocated use: pass the training model itself; the engine then samples from the live weights and
 `load_weights(model.state_dict())` only checks that the tensors are the ones it already holds.
@@ -26,11 +27,11 @@ from .base import (Generation, SamplingParams, WeightSyncError, check_prompts,
                                     resolve_eos_ids)
 from ..algo import token_entropy
 from ..models.forward import accepts_kwarg
-from ..models.vision import forward_kwargs
+from ..models.vision import forward_kwargs, placeholder_token_ids
 
 
-def sample_next(logits: torch.Tensor, params: SamplingParams, noise: torch.Tensor | None
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def sample_next(logits: torch.Tensor, params: SamplingParams, noise: torch.Tensor | None,
+                banned: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Pick the next token of each row from float32 logits [B, V]; return (ids [B], logprobs [B],
     entropy [B]).
 
@@ -41,13 +42,18 @@ def sample_next(logits: torch.Tensor, params: SamplingParams, noise: torch.Tenso
     truncation (T = 1 when greedy), as SamplingParams documents; the entropy is that
     distribution's (nats), computed from the same tensor, so a trainer that takes pi_old from
     the rollout keeps its entropy metric without a forward of its own.
+
+    banned: token ids never picked (a VLM's image placeholders), like a truncation: the
+    log-probs and entropy stay those of the full distribution, which the scoring forward computes.
     """
     logp = F.log_softmax(logits / params.logprob_temperature, dim=-1)
     entropy = token_entropy(logp)
     if params.greedy:
-        ids = logits.argmax(-1)
+        ids = (logits if banned is None else logits.index_fill(-1, banned, float("-inf"))).argmax(-1)
     else:
         probs = logp.exp()
+        if banned is not None:
+            probs = probs.index_fill(-1, banned, 0.0)
         if params.top_p < 1.0:
             sorted_p, order = probs.sort(-1, descending=True)
             # Keep a token while the mass BEFORE it is below top_p: the top token always stays.
@@ -103,6 +109,8 @@ class HFEngine:
             pad_token_id = getattr(tokenizer, "pad_token_id", None)
         # Padded slots are hidden by the attention mask, so any valid id will do.
         self.pad_token_id = self.eos_token_ids[0] if pad_token_id is None else int(pad_token_id)
+        # A VLM's image placeholders are prompt-only tokens: never sampled (placeholder_token_ids).
+        self.banned_ids = placeholder_token_ids(getattr(model, "config", None))
         self._closed = False
 
     # -- sampling ---------------------------------------------------------------------------
@@ -144,6 +152,7 @@ class HFEngine:
         prefill = forward_kwargs(self.model, ids, attn, vision)  # {} without images
         positions = prefill.pop("position_ids", positions)
         stop_t = torch.tensor(sorted(stop), device=device)
+        banned = torch.tensor(self.banned_ids, device=device) if self.banned_ids else None
 
         out_ids = torch.empty((b, 0), dtype=torch.long, device=device)
         out_lp = torch.empty((b, 0), dtype=torch.float32, device=device)
@@ -162,7 +171,7 @@ class HFEngine:
                              use_cache=True, **keep, **{cache_arg: past}, **prefill)
             past, prefill = out.get(cache_arg), {}  # the pixel inputs go into the prefill only
             nxt, lp, ent = sample_next(out.logits[:, -1, :].float(), params,
-                                       None if noise is None else noise[:, t])
+                                       None if noise is None else noise[:, t], banned)
             nxt = nxt.masked_fill(done, self.pad_token_id)
             out_ids = torch.cat([out_ids, nxt[:, None]], 1)
             out_lp = torch.cat([out_lp, lp[:, None]], 1)

@@ -17,11 +17,12 @@ from .memory import saved_activations
 from .specs import SMOLLM2, ModelSpecError, resolve_model, smollm2_gguf
 from .tiny import load_tiny, tiny_model_dir
 from .tiny_vlm import tiny_vlm_dir
-from .vision import VisionInputs, VisionPrompter, forward_kwargs, is_vision_config
+from .vision import (VisionInputs, VisionPrompter, forward_kwargs, is_vision_config,
+                     placeholder_token_ids)
 
 __all__ = ["SMOLLM2", "ModelSpecError", "TokenScores", "accepts_kwarg", "cache_root",
            "enable_checkpointing", "is_checkpointing", "load_model", "load_tiny", "load_tokenizer",
            "load_vision", "resolve_model", "saved_activations", "smollm2_gguf", "tiny_model_dir",
            "tiny_vlm_dir",
            "token_logprobs", "torch_dtype", "VisionInputs", "VisionPrompter", "forward_kwargs",
-           "is_vision_config"]
+           "is_vision_config", "placeholder_token_ids"]

@@ -151,6 +151,22 @@ def batch_tensors(vision: Sequence[VisionInputs | None], device) -> dict[str, to
     return {k: torch.cat([v.tensors[k] for v in present]).to(device) for k in keys}
 
 
+PLACEHOLDER_FIELDS = ("image_token_id", "video_token_id", "vision_start_token_id",
+                      "vision_end_token_id")
+
+
+def placeholder_token_ids(config) -> list[int]:
+    """The ids of a VLM's image/video placeholder tokens (Qwen-VL: <|image_pad|>, <|video_pad|>,
+    <|vision_start|>, <|vision_end|>); [] for a text model. They belong in prompts only: the
+    forward fills each placeholder with a vision feature and gives it an M-RoPE position from the
+    image grid, so a response holding one cannot be scored (one feature short; transformers'
+    get_rope_index fails on the positions). Rollout engines never sample them."""
+    if not is_vision_config(config):
+        return []
+    return sorted({int(i) for i in (getattr(config, f, None) for f in PLACEHOLDER_FIELDS)
+                   if i is not None})
+
+
 def _rope_index(model):
     for module in (model, getattr(model, "model", None)):
         fn = getattr(module, "get_rope_index", None)
