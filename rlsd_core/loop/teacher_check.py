@@ -15,6 +15,9 @@ step 0 has the policy's weights in every teacher mode), per task:
         answer tokens vs the rest, the trainer's clip fractions at the configured eps_w
     -> a verdict with its reason: informative, uninformative or harmful
 
+Rows with images get their pixel inputs in every one of these passes, as in the training step (the
+teacher prompt keeps the student's images, so both forwards take the same pixels).
+
 Rows are the task's held-out rows (never trained on, so a teacher that memorised training rows
 in a warm-up cannot pass by recall). `rlsd check-teacher` (rlsd_core.cli.check_teacher) prints
 the full check; the trainer runs a small one at step 0 (`teacher.check`) and warns when a task
