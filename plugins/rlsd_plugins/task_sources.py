@@ -107,12 +107,14 @@ def _shapes_image(layout: Sequence[str], grid: int, cell: int, rng: random.Rando
     return buf.getvalue()
 
 
-def shapes_rows(*, grid: int = 3, size: int = 2000, max_count: int | None = None,
+def shapes_rows(*, grid: int = 2, size: int = 2000, max_count: int | None = None,
                 distractors: bool = True, cell: int = 28, seed: int = 0) -> list[dict]:
     """`size` pictures of up to `max_count` (default grid * grid) filled squares among circles
     (`distractors`) in a grid x grid layout of `cell`-pixel cells; the answer is the number of
     squares, drawn uniformly, so no count dominates. A 28-pixel cell is one token of a Qwen2-VL
-    (14-pixel patches merged 2 x 2): the 3 x 3 default is a 9-token image for the tiny VLM.
+    (14-pixel patches merged 2 x 2): the 2 x 2 default is a 4-token image for the tiny VLM (a
+    3 x 3 grid, 9 tokens and answers 0-9, is barely learnt by the embedded warm-up:
+    docs/multimodal.md).
     Deterministic in the options and the seed."""
     for name, value, low, high in (("grid", grid, 1, 8), ("cell", cell, 12, 128)):
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
