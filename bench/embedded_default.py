@@ -11,9 +11,9 @@ also gives the CPU seconds of the run's process tree (user + system, from the ke
 accounting), the load average before and after, and an idle-machine estimate: CPU seconds /
 2 cores x the parallel efficiency measured on an idle machine (`--efficiency`, default 0.97:
 468 CPU-s in 240 s wall on 2 cores). Then, per task, held-out greedy accuracy before and after
-RL with the standard error of the change (two independent evaluations of n problems:
-sqrt(b(1-b)/n + a(1-a)/n), conservative since the same problems are evaluated twice) and whether
-the change exceeds 2 standard errors, and the step-0 teacher check's verdict.
+RL with the standard error of the change (paired over the same problems, as the run's own table
+prints it) and whether the change exceeds 2 standard errors, and the step-0 teacher check's
+verdict.
 
     python bench/embedded_default.py [--runs N] [--no-warm] [--json FILE]
 
@@ -54,8 +54,13 @@ def one_run(cache: Path, out: Path, extra: list[str]) -> dict:
 
 
 def change(task: dict) -> dict:
+    """The change the run's own table prints: its standard error is paired over the same
+    held-out problems (`heldout_change_se` in summary.json); a summary without it falls back to
+    two independent evaluations, sqrt(b(1-b)/n + a(1-a)/n), which overstates it."""
     n, b, a = task["eval_size"], task["heldout_before"], task["heldout_after"]
-    se = math.sqrt(b * (1 - b) / n + a * (1 - a) / n)
+    se = task.get("heldout_change_se")
+    if se is None:
+        se = math.sqrt(b * (1 - b) / n + a * (1 - a) / n)
     return {"before": b, "after": a, "n": n, "change": a - b, "se": se,
             "above_2se": a - b > 2 * se}
 

@@ -232,6 +232,10 @@ class ScoringConfig(_Section):
 
 class OptimConfig(_Section):
     lr: float = Field(1e-4, gt=0, description="AdamW learning rate.")
+    lr_warmup_steps: int = Field(
+        0, ge=0, description="Linear learning-rate ramp over the first N RL steps (lr x step/N), "
+                             "then constant: AdamW's first steps move every weight by the full lr "
+                             "whatever the gradient's noise (0: no ramp).")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
     betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = Field(
         (0.9, 0.999), description="AdamW betas, each in [0, 1).")

@@ -207,3 +207,27 @@ def test_an_ema_teacher_of_bf16_weights_accumulates_in_fp32():
     for _ in range(200):
         ema.lerp_(policy.weight.detach(), 0.01)
     assert (ema != start).float().mean().item() < 0.1
+
+
+def test_lr_warmup_ramps_linearly_then_holds():
+    from types import SimpleNamespace
+
+    from rlsd_core.loop.optim import lr_at
+
+    cfg = SimpleNamespace(lr=1e-4, lr_warmup_steps=4)
+    assert [lr_at(cfg, s) for s in range(1, 7)] == pytest.approx([2.5e-5, 5e-5, 7.5e-5, 1e-4, 1e-4, 1e-4])
+    assert lr_at(SimpleNamespace(lr=1e-4, lr_warmup_steps=0), 1) == 1e-4
+
+
+def test_the_first_ramped_step_moves_no_weight_by_more_than_its_lr(tmp_path, tpm):
+    # AdamW's first step moves every weight by the full lr (m/sqrt(v) = sign(g)): the ramp is
+    # what bounds it. With lr 1e-3 and a 4-step ramp, step 1 runs at 2.5e-4.
+    run = T.setup(_cfg(tmp_path, **{"optim.lr": 1e-3, "optim.lr_warmup_steps": 4}), tpm)
+    before = {n: p.detach().clone() for n, p in run.parts.model.named_parameters()}
+    try:
+        metrics = T.train_step(run, 1)
+    finally:
+        run.parts.close()
+    assert metrics["lr"] == pytest.approx(2.5e-4)
+    step = max(float((p.detach() - before[n]).abs().max()) for n, p in run.parts.model.named_parameters())
+    assert 2.0e-4 < step <= 2.5e-4 * (1 + 1e-4)

@@ -105,6 +105,19 @@ def stepped_params(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
     return [p for group in optimizer.param_groups for p in group["params"]]
 
 
+def lr_at(optim_cfg, step: int) -> float:
+    """The learning rate of RL step `step` (from 1): `optim.lr`, ramped linearly over the first
+    `optim.lr_warmup_steps` steps. A function of the step alone, so a resumed run continues the
+    ramp without any scheduler state in the checkpoint."""
+    ramp = optim_cfg.lr_warmup_steps
+    return optim_cfg.lr * (min(1.0, step / ramp) if ramp else 1.0)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
 def check_learns(optimizer: torch.optim.Optimizer) -> None:
     """Raise PrecisionError if the optimizer would step 16-bit parameters directly."""
     if isinstance(optimizer, MasterWeightsAdamW):

@@ -34,7 +34,7 @@ from . import checkpoint, distributed
 from .evaluation import evaluate_task
 from .run import Reporter, Run, quiet, setup
 from .step import train_step
-from .teacher_check import TeacherCheckWarning, run_check, summary_line
+from .teacher_check import TeacherCheckWarning, paired_se, run_check, summary_line
 
 
 def evaluate(run: Run, outcomes: dict[str, list[bool]] | None = None) -> dict[str, float]:
@@ -53,12 +53,10 @@ def evaluate(run: Run, outcomes: dict[str, list[bool]] | None = None) -> dict[st
 
 def change_se(before: list[bool] | None, after: list[bool] | None, b: float, a: float, n: int) -> float:
     """Standard error of held-out accuracy after - before. Paired over the same problems when
-    both outcome lists are known (sd of the per-problem differences / sqrt(n)); else as two
-    independent n-problem evaluations, sqrt(b(1-b)/n + a(1-a)/n), which overstates it."""
+    both outcome lists are known (`paired_se`); else as two independent n-problem evaluations,
+    sqrt(b(1-b)/n + a(1-a)/n), which overstates it."""
     if before and after and len(before) == len(after) == n and n > 1:
-        d = [float(y) - float(x) for x, y in zip(before, after)]
-        m = sum(d) / n
-        return math.sqrt(sum((v - m) ** 2 for v in d) / (n - 1) / n)
+        return paired_se(before, after)
     return math.sqrt(b * (1 - b) / n + a * (1 - a) / n)
 
 

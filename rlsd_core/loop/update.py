@@ -27,7 +27,7 @@ from ..models import token_logprobs
 from ..records import LossInputs
 from . import distributed
 from .batch import Credit, Rollout
-from .optim import stepped_params
+from .optim import lr_at, set_lr, stepped_params
 from .run import Parts
 from .stages import autocast, scoring_forward
 
@@ -159,6 +159,7 @@ def update(parts: Parts, out: Rollout, credit: Credit, step: int) -> dict[str, f
     n = int(distributed.total(world, len(out.response_ids)))  # the step's responses, all ranks
     train = mini_batch if world.size == 1 else sharded_mini_batch
     gen = torch.Generator().manual_seed(cfg.seed * 7_919 + step)
+    set_lr(parts.optimizer, lr_at(cfg.optim, step))
     sums: dict[str, float] = {}
     updates = 0
     for _epoch in range(cfg.optim.ppo_epochs):
