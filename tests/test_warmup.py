@@ -68,3 +68,40 @@ def test_mix_rows_keeps_the_old_cache_key():
     assert set(key_settings(WarmupConfig())) == {"enabled", "steps", "batch_size", "lr",
                                                  "privileged_fraction"}
     assert key_settings(WarmupConfig(mix="weight"))["mix"] == "weight"
+
+
+def test_reverse_decoys_change_only_the_student_target():
+    from rlsd_core import TaskError
+    from rlsd_plugins.task_sources import reverse_rows
+
+    plain, decoyed = reverse_rows(), reverse_rows(decoy_fraction=0.6)
+    # The same words in the same order (so the same held-out split) and the same answers.
+    assert [(r["id"], r["answer"]) for r in plain] == [(r["id"], r["answer"]) for r in decoyed]
+    decoys = [r for r in decoyed if "privileged_target" in r]
+    assert 0.57 < len(decoys) / len(decoyed) < 0.63  # (a palindrome's decoy is its answer)
+    for r in decoys:  # the letters in their own order; the teacher's prompt still gets the reversal
+        assert r["target"] == r["prompt"].split("[")[1].rstrip("]")
+        assert r["privileged_target"] == r["answer"]
+    assert all("privileged_target" not in r for r in plain)
+    for bad in (1.0, -0.1, True, "0.5"):
+        with pytest.raises(TaskError, match="decoy_fraction"):
+            reverse_rows(decoy_fraction=bad)
+
+
+def test_privileged_examples_teach_the_privileged_target(pm, tmp_path, monkeypatch):
+    monkeypatch.setenv("RLSD_CACHE", str(tmp_path))
+    _, tok = load_tiny()
+    task = load_task(TaskConfig(name="reverse", source="reverse", options={"decoy_fraction": 0.9},
+                                train_size=400), pm.registry, seed=0)
+    prompts = TeacherPrompts([task], {"reference_answer": pm.registry.injector("reference_answer")}, tok)
+    examples = build_examples([task], tok, prompts.messages, privileged_fraction=0.5, seed=0)
+    answers = {r["prompt"].split("[")[1].rstrip("]"): r["answer"] for r in task.train}
+    seen = Counter()
+    for p, t, _ in examples:
+        text = tok.decode(p)
+        word = text.split("[")[1].split("]")[0]
+        taught = tok.decode(t, skip_special_tokens=True)
+        hinted = "reference solution" in text
+        seen[hinted, taught == answers[word]] += 1
+    assert seen[True, False] == 0  # under the hint: always the reversal
+    assert seen[False, False] > 0.8 * (seen[False, False] + seen[False, True])  # the decoys

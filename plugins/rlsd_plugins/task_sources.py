@@ -53,15 +53,26 @@ def addition_rows(*, digits: int = 2, second_digits: int = 1, seed: int = 0) -> 
 
 
 def reverse_rows(*, min_len: int = 3, max_len: int = 3, alphabet: str = "abcdefghijklmnop",
-                 count: int = 4000, seed: int = 0) -> list[dict]:
+                 count: int = 4000, decoy_fraction: float = 0.0, seed: int = 0) -> list[dict]:
     """Distinct random 'words' and their reversal (exact_match verifier), written as
     comma-separated letters in brackets, "[c,a,t]" -> "t,a,c": the byte-level tokenizer then
     gives one token per letter everywhere (spaced letters merge into tokens such as " a" for
-    some letters and not others, which a tiny model cannot line up)."""
+    some letters and not others, which a tiny model cannot line up).
+
+    `decoy_fraction`: the share of rows whose warm-up `target` is a plausible wrong behaviour,
+    the letters copied in their order ("c,a,t"), while the `answer` stays the reversal. A
+    warm-up on them leaves a model that does both, the wrong one more often, which is the
+    situation RL with a verifier is for: the reward alone must select the right behaviour (as RL
+    on a pretrained model selects among behaviours it already has). Under the teacher's
+    privileged prompt the warm-up always shows the reversal (`privileged_target`), so that the
+    self-teacher learns to read the reference it is given."""
     if not 1 <= min_len <= max_len <= 12:
         raise TaskError(f"reverse: need 1 <= min_len <= max_len <= 12, got {min_len}, {max_len}")
     if len(set(alphabet)) < 2 or not alphabet.isalpha():
         raise TaskError(f"reverse: alphabet must be at least two letters, got {alphabet!r}")
+    if isinstance(decoy_fraction, bool) or not isinstance(decoy_fraction, (int, float)) \
+            or not 0 <= decoy_fraction < 1:
+        raise TaskError(f"reverse: decoy_fraction must be a number in [0, 1), got {decoy_fraction!r}")
     rng = random.Random(seed)
     space = sum(len(set(alphabet)) ** n for n in range(min_len, max_len + 1))
     count = min(count, space)
@@ -72,11 +83,17 @@ def reverse_rows(*, min_len: int = 3, max_len: int = 3, alphabet: str = "abcdefg
         if word not in seen:
             seen.add(word)
             words.append(word)
+    # A separate stream for the decoys, so that the words (and so the held-out split) are the
+    # same whatever the fraction.
+    decoys = random.Random(f"{seed}-decoy")
     rows = []
     for word in words:
         backwards = ",".join(reversed(word))
-        rows.append({"id": f"rev-{word}", "prompt": f"Reverse the letters: [{','.join(word)}]",
-                     "answer": backwards, "target": backwards})
+        row = {"id": f"rev-{word}", "prompt": f"Reverse the letters: [{','.join(word)}]",
+               "answer": backwards, "target": backwards}
+        if decoy_fraction and decoys.random() < decoy_fraction:
+            row.update(target=",".join(word), privileged_target=backwards)
+        rows.append(row)
     return rows
 
 

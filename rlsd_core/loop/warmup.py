@@ -62,7 +62,8 @@ def build_examples(tasks, tokenizer, teacher_messages: Callable[[str, dict], lis
                    vision=None) -> list[tuple]:
     """(prompt ids, target ids + eos, pixel inputs or None) for the training rows of every task
     (`task_rows`), each shown with the teacher's privileged prompt with probability
-    `privileged_fraction`.
+    `privileged_fraction`. The response taught is the row's `target`; under the privileged
+    prompt, its `privileged_target` when it has one (a task whose student target is a decoy).
 
     `teacher_messages(task_name, row)` builds the teacher prompt with that task's injector;
     `vision` is the model's vision prompter (rows with images).
@@ -82,8 +83,8 @@ def build_examples(tasks, tokenizer, teacher_messages: Callable[[str, dict], lis
         if key not in rendered:
             messages = teacher_messages(task.name, row) if privileged else student_messages(row)
             prompt, pixels = encode_prompt(tokenizer, messages, vision)
-            rendered[key] = (prompt, tokenizer.encode(row["target"], add_special_tokens=False) + [eos],
-                             pixels)
+            target = row.get("privileged_target", row["target"]) if privileged else row["target"]
+            rendered[key] = (prompt, tokenizer.encode(target, add_special_tokens=False) + [eos], pixels)
         examples.append(rendered[key])
     rng.shuffle(examples)
     return examples
