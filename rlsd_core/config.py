@@ -131,8 +131,13 @@ class TaskConfig(_Section):
 
 
 def _default_tasks() -> list[TaskConfig]:
-    return [TaskConfig(name="addition", source="addition"),
-            TaskConfig(name="reverse", source="reverse")]
+    # The embedded default (README). `reverse` with decoys: the warm-up teaches the reversal and
+    # a wrong behaviour (copying the letters forward) more often, so that RL has something to
+    # select from the reward alone; `addition` keeps a quarter of reverse's share of RL prompts,
+    # since the warm-up leaves it at ~0% (the format, not the arithmetic) and its groups carry no
+    # signal (docs/results.md, issue 18).
+    return [TaskConfig(name="addition", source="addition", weight=0.25),
+            TaskConfig(name="reverse", source="reverse", options={"decoy_fraction": 0.6})]
 
 
 class RolloutConfig(_Section):
@@ -233,7 +238,7 @@ class ScoringConfig(_Section):
 class OptimConfig(_Section):
     lr: float = Field(1e-4, gt=0, description="AdamW learning rate.")
     lr_warmup_steps: int = Field(
-        0, ge=0, description="Linear learning-rate ramp over the first N RL steps (lr x step/N), "
+        4, ge=0, description="Linear learning-rate ramp over the first N RL steps (lr x step/N), "
                              "then constant: AdamW's first steps move every weight by the full lr "
                              "whatever the gradient's noise (0: no ramp).")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
