@@ -45,6 +45,7 @@ def _cfg(tmp_path, **over):
         "rollout.prompts_per_step": 4, "rollout.group_size": 4, "rollout.max_new_tokens": 6,
         "log.console": False, "log.plot": False, "scheduler.name": "constant",
         "optim.lr": LR, "optim.weight_decay": 0.0,
+        "optim.lr_warmup_steps": 0,  # both steps at LR: the precision question is about LR itself
     }
     base.update(over)
     return build_config(overrides=list(base.items()))
