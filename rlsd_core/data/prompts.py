@@ -55,6 +55,15 @@ def encode_prompt(tokenizer, messages: list[dict], vision=None) -> tuple[list[in
     return vision.encode(messages, [load_image(r) for r in refs])
 
 
+def encode_student_prompts(tokenizer, rows, vision=None) -> tuple[list[list[int]], list | None]:
+    """The student prompts of `rows` (`encode_prompt` of `student_messages`) and their pixel
+    inputs, one per row, or None when no row has images: what the rollout, the held-out
+    evaluation and the teacher check pass to an engine's `generate(..., vision=)`."""
+    encoded = [encode_prompt(tokenizer, student_messages(row), vision) for row in rows]
+    pixels = [v for _, v in encoded]
+    return [ids for ids, _ in encoded], pixels if any(v is not None for v in pixels) else None
+
+
 class TeacherPrompts:
     """Builds teacher prompts with each task's injector (looked up once, by task name).
 

@@ -20,7 +20,7 @@ import dataclasses
 from math import comb
 from typing import Callable, Sequence
 
-from ..data import TaskData, encode_prompt, student_messages
+from ..data import TaskData, encode_student_prompts
 from ..engines import SamplingParams
 
 CHUNK = 32  # prompts per generate call: progress granularity and bounded memory
@@ -41,13 +41,12 @@ def _generate(engine, tokenizer, rows: Sequence[dict], params: SamplingParams, c
     base = params
     for lo in range(0, len(rows), chunk):
         part = rows[lo:lo + chunk]
-        encoded = [encode_prompt(tokenizer, student_messages(row), vision) for row in part]
-        pixels = [v for _, v in encoded]
-        images = {"vision": pixels} if any(v is not None for v in pixels) else {}
+        prompt_ids, pixels = encode_student_prompts(tokenizer, part, vision)
+        images = {} if pixels is None else {"vision": pixels}
         params = base
         if base.seed is not None:  # each chunk its own seed, a function of its first row
             params = dataclasses.replace(base, seed=base.seed + lo)
-        for group in engine.generate([ids for ids, _ in encoded], params, **images):
+        for group in engine.generate(prompt_ids, params, **images):
             texts.append([tokenizer.decode(g.token_ids, skip_special_tokens=True) for g in group])
         if on_chunk is not None:
             on_chunk(len(part))

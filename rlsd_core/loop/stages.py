@@ -15,7 +15,7 @@ import functools
 import torch
 
 from .. import algo
-from ..data import encode_prompt, student_messages
+from ..data import encode_student_prompts
 from ..engines import SamplingParams
 from ..models import TokenScores, token_logprobs
 from ..records import CreditInputs
@@ -41,14 +41,13 @@ def rows(parts: Parts, schedule: Schedule, step: int) -> StepBatch:
     lam, eps_w = Schedule.per_row([task.name for task, _ in picked], by_task)
     when = parts.objective.teacher
     use_teacher = when == "always" or (when == "lambda" and bool((lam > 0).any()))
-    prompts = [encode_prompt(parts.tokenizer, student_messages(row), parts.vision) for _, row in picked]
-    vision = [v for _, v in prompts]
+    prompt_ids, vision = encode_student_prompts(parts.tokenizer, [row for _, row in picked], parts.vision)
     return StepBatch(step=step, tasks=[task for task, _ in picked], rows=[row for _, row in picked],
-                     prompt_ids=[ids for ids, _ in prompts],
+                     prompt_ids=prompt_ids,
                      lam=lam, eps_w=eps_w, run_magnitude=run_mag, task_magnitudes=by_task,
                      group_size=cfg.rollout.group_size, use_teacher=use_teacher,
                      seeds=rollout_seeds(cfg.seed, step, len(picked)),
-                     vision=vision if any(v is not None for v in vision) else None)
+                     vision=vision)
 
 
 def rollout(parts: Parts, batch: StepBatch) -> Rollout:

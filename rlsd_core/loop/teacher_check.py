@@ -43,7 +43,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from .. import algo
-from ..data import TaskData, TeacherPrompts, encode_prompt, student_messages
+from ..data import TaskData, TeacherPrompts, encode_student_prompts
 from ..engines import SamplingParams
 from ..leakage import leakage
 from ..models import token_logprobs
@@ -245,15 +245,6 @@ def _images(vision: list | None, lo: int = 0, hi: int | None = None) -> dict:
     return {} if vision is None else {"vision": vision[lo:hi]}
 
 
-def _students(tokenizer, rows, vision) -> tuple[list[list[int]], list | None]:
-    """The student prompts of `rows` and their pixel inputs (None when no row has images), as
-    the rollout stage encodes them; the teacher prompts reuse these pixel inputs (the injector
-    keeps the images, rlsd_core.data.prompts.TeacherPrompts)."""
-    encoded = [encode_prompt(tokenizer, student_messages(r), vision) for r in rows]
-    pixels = [v for _, v in encoded]
-    return [ids for ids, _ in encoded], pixels if any(v is not None for v in pixels) else None
-
-
 def _greedy(engine, tokenizer, prompts: list[list[int]], max_new_tokens: int,
             vision: list | None = None) -> list[str]:
     params = SamplingParams(n=1, temperature=0.0, max_new_tokens=max_new_tokens,
@@ -291,7 +282,7 @@ def _greedy_part(model_parts: dict, task: TaskData, scorer, settings: Settings) 
     A group injector (one that reads sibling responses) gets an empty group here."""
     tok, engine, prompts = model_parts["tokenizer"], model_parts["engine"], model_parts["prompts"]
     rows = task.eval[:settings.rows]
-    student, pixels = _students(tok, rows, model_parts["vision"])
+    student, pixels = encode_student_prompts(tok, rows, model_parts["vision"])
     pairs = [prompts.prompt(task.name, r) for r in rows]  # (ids, what only the teacher saw)
     teacher, hints = [ids for ids, _ in pairs], [hint for _, hint in pairs]
     s_ok = _ok(scorer.score(_greedy(engine, tok, student, settings.eval_max_new_tokens, pixels), rows))
@@ -307,7 +298,7 @@ def _sampled_part(model_parts: dict, task: TaskData, scorer, settings: Settings,
     tok, engine, prompts = model_parts["tokenizer"], model_parts["engine"], model_parts["prompts"]
     G = settings.group_size
     rows = task.eval[:settings.sample_rows]
-    student, pixels = _students(tok, rows, model_parts["vision"])
+    student, pixels = encode_student_prompts(tok, rows, model_parts["vision"])
     params = SamplingParams(n=G, temperature=settings.temperature, max_new_tokens=settings.max_new_tokens,
                             stop_token_ids=(tok.eos_token_id,), seed=settings.seed)
     groups = engine.generate(student, params, **_images(pixels))
