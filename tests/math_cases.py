@@ -116,6 +116,19 @@ CASES: list[tuple[str, str, str, bool]] = [
     ("lists_and", "\\boxed{19, 46, 82}", "19, 46, and 82", True),
     ("lists_and", "\\boxed{19, 46, 81}", "19, 46, and 82", False),
     ("lists_and", "\\boxed{19 \\text{ and } 46}", "19", False),
+    # Alternatives for one left side, spaces lost as `\text{or}` reads stripped (the class of
+    # math-verify's numina case 24): split only between a value and the same left side again.
+    ("lists_and", "W(x)=1orW(x)=-1", "1, -1", True),
+    ("lists_and", "x=2andx=3", "2, 3", True),
+    ("lists_and", "W(x)=5orW(x)=-1", "1, -1", False),
+    ("lists_and", "x=1ory=-1", "1, -1", False),
+    ("lists_and", "x=1forx=-1", "1, -1", False),
+    # A gold's box that is never closed runs to the end (a completion's stays malformed), also
+    # when the gold's commands are escaped twice.
+    ("gold_boxes", "\\boxed{7}", "\\boxed{7", True),
+    ("gold_boxes", "\\boxed{W(x)=1 \\text{ or } W(x)=-1}", "\\\\boxed{W(n) = 1 \\\\text{ and } W(n) = -1", True),
+    ("gold_boxes", "\\boxed{-1}", "\\\\boxed{W(n) = 1 \\\\text{ and } W(n) = -1", False),
+    ("gold_boxes", "\\boxed{7", "7", False),
     # Identities that reduce to a constant.
     ("identities", "\\boxed{\\sin^2 x + \\cos^2 x}", "1", True),
     ("identities", "\\boxed{\\sin^2 x + \\cos^2 x}", "2", False),

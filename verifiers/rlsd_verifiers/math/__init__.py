@@ -35,7 +35,7 @@ from rlsd_core import (DEFAULT_MAX_CHARS, Category, Example, Verdict, VerifierRe
                        hookimpl)
 
 from .answers import (answer_key, choice_letter, clean_answer, extract, hedge_words, is_bare,
-                      leading_choice)
+                      leading_choice, open_box_content, unescape_commands)
 from .parsing import ParseFailure, Value, parse_value
 
 NAME = "math"
@@ -70,12 +70,15 @@ def _gold_strings(raw: Any) -> list[str] | None:
 def _parse_gold(gold: str) -> Value:
     """A gold is read like an answer, with two differences: several boxes are the list of
     them, not a hedge (a gold never hedges: "12 or 13" and "19, 46, and 82" are lists too), and
-    a gold that is only an answer ("$(p, q) = (3, 2)$", "125 miles") is taken whole."""
+    a gold that is only an answer ("$(p, q) = (3, 2)$", "125 miles") is taken whole. A gold's
+    last box that is never closed runs to the end of the gold (a reference cut by its exporter is
+    still the reference; a completion's unclosed box stays a malformed answer)."""
+    gold = unescape_commands(gold)
     ex = extract(gold, fallback="none")
     if ex.boxes:
         text = ", ".join(ex.boxes)
     elif ex.text is not None:  # boxed, tagged or phrased ("The answer is 5")
-        text = ex.text
+        text = ex.text if ex.how != "boxed" else (open_box_content(ex.text) or ex.text)
     elif is_bare(_strip_delims(gold)) or len(gold) <= 40:
         text = gold
     else:  # a worked solution: its last formula or number, as for a completion

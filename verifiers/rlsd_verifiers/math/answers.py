@@ -68,6 +68,21 @@ _COMMAND = re.compile(r"\\(?:begin|end)\{[A-Za-z*]*\}|\\[A-Za-z]+")
 _TEXT_CONTENT = re.compile(r"\\(?:text|textbf|textnormal|mathrm|mbox)\s*\{[^{}]*\}")
 
 
+# An equation's left side at the start of an answer: 'x', 'x_1', 'W(x)', 'f(n)'.
+_LEADING_LABEL = re.compile(r"\s*([A-Za-z](?:_\{?[A-Za-z0-9]+\}?)?(?:\([A-Za-z]\))?)\s*=")
+
+
+def unglue_alternatives(s: str) -> str:
+    """Equations for one left side joined by "or"/"and" with the spaces lost, as `\\text{or}`
+    reads once its markup is stripped: 'W(x)=1orW(x)=-1' -> 'W(x)=1 or W(x)=-1'. Only where the
+    word sits between a value's end and the same left side again, so words are never split."""
+    m = _LEADING_LABEL.match(s)
+    if m is None or ("or" not in s and "and" not in s):
+        return s
+    again = re.escape(m.group(1))
+    return re.sub(rf"(?<=[0-9)\]}}])(or|and)(?=\s*{again}\s*=)", r" \1 ", s)
+
+
 @dataclass(frozen=True)
 class Extracted:
     """What was found: the raw answer text, how, and whether the completion hedged."""
@@ -143,6 +158,15 @@ def _from_region(region: str, how: str) -> Extracted:
     return Extracted(sentence, how)  # words only: "The answer is Friday"
 
 
+def open_box_content(s: str) -> str | None:
+    """What follows a `\\boxed{` (or `\\fbox{`) that opens `s` and is never closed; None
+    otherwise."""
+    m = re.match(r"\\(?:boxed|fbox)\s*\{", s)
+    if m is None or _closing_braces(s).get(m.end() - 1) is not None:
+        return None
+    return s[m.end():]
+
+
 def extract(text: str, fallback: str = "last_number") -> Extracted:
     """The final answer of a cleaned completion (see the module docstring)."""
     spans = boxed_spans(text)
@@ -184,8 +208,10 @@ def extract(text: str, fallback: str = "last_number") -> Extracted:
     if bold is not None:
         return Extracted(bold.group(1), "bold")
     stripped = text.strip()
-    if len(stripped) <= 200 and is_bare(stripped) and not formula_spans(stripped):
-        return Extracted(stripped, "bare")
+    if len(stripped) <= 200:
+        stripped = unglue_alternatives(stripped)
+        if is_bare(stripped) and not formula_spans(stripped):
+            return Extracted(stripped, "bare")
     found = _last_candidate(text)
     return found if found is not None else Extracted(None, "none")
 
@@ -311,13 +337,18 @@ _CURRENCY_RE = re.compile(r"(?<![\\\w])\$\s*(?=[-+]?\.?\d)")
 _SPACE_THOUSANDS = re.compile(r"^[-+]?\d{1,3}(?: \d{3})+(?:\.\d+)?$")
 
 
+def unescape_commands(s: str) -> str:
+    """'-2 \\\\le x' -> '-2 \\le x': commands escaped twice (text that went through JSON or a
+    Python string once too often). Left alone where `\\\\` may be a row break (matrices)."""
+    return s if "\\begin" in s else _OVERESCAPED.sub(r"\\", s)
+
+
 def clean_answer(raw: str) -> Cleaned:
     """String-level normalisation of an extracted answer (documented in docs/verifiers.md)."""
     s = _unwrap_formulas(raw)
     s = s.replace("\\$", "$").replace("{,}", "").replace("\\%", "%")
     s = _THIN_COMMA.sub(",", s)  # "16,\\!386.20": a comma set tight is a thousands separator
-    if "\\begin" not in s:
-        s = _OVERESCAPED.sub(r"\\", s)  # "-2 \\\\le x": a doubly escaped command
+    s = unescape_commands(s)
     s = _CURRENCY_RE.sub("", s)  # "$1,234" -> "1,234", before the thousands rule below
     s = s.replace("$", " ")
     s = _SPACE_CMDS.sub(" ", s)
