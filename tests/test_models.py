@@ -53,3 +53,32 @@ def test_smollm2_gguf_materialises_to_an_equivalent_float_model():
     with torch.no_grad():
         assert torch.equal(model(ids).logits, direct(ids).logits)
     assert sum(p.numel() for p in model.parameters()) == 134_515_008
+
+
+def test_tiny_tokenizer_knows_the_teacher_prompt_words(tmp_path):
+    """The tiny BPE's corpus covers the built-in injectors' words (corpus version 2): the
+    release's teacher prompt sentence is a few words' worth of tokens, not spelled letter by
+    letter (version 1: 56 tokens for the sentence, half the warm-up's compute)."""
+    from transformers import AutoTokenizer
+
+    from rlsd_core.models.tiny import build_tokenizer
+    from rlsd_plugins.injectors import TEMPLATES
+
+    sentence = TEMPLATES["reference_answer"].rsplit("\n\n", 1)[1]
+    words = len(sentence.split())
+    new = AutoTokenizer.from_pretrained(resolve_model("tiny", cache=tmp_path))
+    assert len(new.encode(sentence, add_special_tokens=False)) <= words + 3
+    old = build_tokenizer(corpus_version=1)
+    assert len(old.encode(sentence, add_special_tokens=False)) > 2 * words
+    assert new.decode(new.encode("Reverse the letters: [c,a,t]")) == "Reverse the letters: [c,a,t]"
+
+
+def test_an_edited_tiny_corpus_gets_a_new_cache_directory(monkeypatch):
+    """The corpus text is part of the tiny model's cache key: editing its words without a version
+    bump must not reuse a tokenizer built from the old words (it once did)."""
+    from rlsd_core.models import tiny, tiny_vlm
+
+    before, vlm_before = tiny.spec_hash(), tiny_vlm.spec_hash()
+    monkeypatch.setattr(tiny, "_CORPUS_V2_WORDS", tiny._CORPUS_V2_WORDS + " triangle")
+    assert tiny.spec_hash() != before
+    assert tiny_vlm.spec_hash() == vlm_before  # the VLM's corpus (version 1) did not change

@@ -41,17 +41,29 @@ TINY_SPEC = {
     "max_position_embeddings": 512,
     "tie_word_embeddings": True,
     "seed": 0,
-    "corpus_version": 1,
+    "corpus_version": 2,
 }
 
+# Words the corpus adds from version 2 on: the built-in tasks' prompts and the built-in
+# injectors' teacher prompts (the release's "After understanding the reference solution, please
+# solve the problem above in your own way."), which version 1 spelled nearly letter by letter: a
+# teacher prompt of `reverse` took 78 tokens beside the student's 22, half the warm-up's compute.
+_CORPUS_V2_WORDS = (
+    "After understanding the reference solution please solve problem above in your own way "
+    "Reverse letters An earlier attempt at this was checked and found wrong checker said Avoid "
+    "that mistake correct How many squares are there picture")
 
-def _corpus(n: int = 4000, seed: int = 0) -> list[str]:
-    """Synthetic text covering what the built-in tasks say: arithmetic, chat words, LaTeX answers."""
+
+def _corpus(n: int = 4000, seed: int = 0, version: int = TINY_SPEC["corpus_version"]) -> list[str]:
+    """Synthetic text covering what the built-in tasks and injectors say: arithmetic, chat words,
+    LaTeX answers, the teacher prompts' words (version 2)."""
     rng = random.Random(seed)
     words = ("What is the answer question solve compute sum product difference of and then "
              "Here is a reference solution Solve it in your own way final answer is The "
              "Let us step first next so result equals Hint think carefully yes no copy the word "
              "Repeat reverse letters user assistant system").split()
+    if version >= 2:
+        words += _CORPUS_V2_WORDS.split()
     lines = []
     for _ in range(n):
         a, b, c = rng.randint(0, 999), rng.randint(0, 999), rng.randint(0, 99)
@@ -61,7 +73,7 @@ def _corpus(n: int = 4000, seed: int = 0) -> list[str]:
     return lines
 
 
-def build_tokenizer(seed: int = 0):
+def build_tokenizer(seed: int = 0, corpus_version: int = TINY_SPEC["corpus_version"]):
     """Train the byte-level BPE tokenizer (about a second) and wrap it for transformers."""
     from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers
     from transformers import PreTrainedTokenizerFast
@@ -77,7 +89,7 @@ def build_tokenizer(seed: int = 0):
     trainer = trainers.BpeTrainer(
         vocab_size=TINY_SPEC["vocab_size"], special_tokens=SPECIAL_TOKENS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(_corpus(seed=seed), trainer=trainer)
+    tok.train_from_iterator(_corpus(seed=seed, version=corpus_version), trainer=trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|pad|>",
         bos_token=None, unk_token=None, additional_special_tokens=["<|endoftext|>", "<|im_start|>"])
@@ -106,8 +118,15 @@ def build_model(tokenizer, seed: int = 0):
     return model
 
 
+def corpus_fingerprint(version: int = TINY_SPEC["corpus_version"]) -> str:
+    """A hash of the tokenizer's training text itself, so that an edited word list gives a new
+    cache directory even if nobody bumps the version (a stale tokenizer otherwise survives)."""
+    return hashlib.sha256("\n".join(_corpus(version=version)).encode()).hexdigest()[:16]
+
+
 def spec_hash() -> str:
-    return hashlib.sha256(json.dumps(TINY_SPEC, sort_keys=True).encode()).hexdigest()[:12]
+    key = {**TINY_SPEC, "corpus": corpus_fingerprint()}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def tiny_model_dir(root: Path | None = None) -> Path:
