@@ -6,6 +6,9 @@ hook exactly like a third-party plugin's (entry point `task_sources` of the `rls
   shapes         a picture of squares and circles in a grid, "How many squares are in the
                  picture?" -> "3" (exact_match); generated with Pillow, the image as PNG bytes
                  in the row's `images` (the `shapes` suite, docs/multimodal.md)
+  shape_row      a picture of 3 shapes in a row, "Name the shapes from right to left." ->
+                 "c,s,t" (circle, square, triangle; exact_match); option decoy_fraction as reverse's
+                 (the `shape_row` suite, docs/multimodal.md)
   files          local jsonl/json/parquet/arrow/csv files through Hugging Face `datasets`
                  (options: path (a file, a glob or a list), format (default: from the suffix))
   reasoning_gym  a reasoning-gym generator (options: dataset, size, seed, config: {...});
@@ -70,9 +73,7 @@ def reverse_rows(*, min_len: int = 3, max_len: int = 3, alphabet: str = "abcdefg
         raise TaskError(f"reverse: need 1 <= min_len <= max_len <= 12, got {min_len}, {max_len}")
     if len(set(alphabet)) < 2 or not alphabet.isalpha():
         raise TaskError(f"reverse: alphabet must be at least two letters, got {alphabet!r}")
-    if isinstance(decoy_fraction, bool) or not isinstance(decoy_fraction, (int, float)) \
-            or not 0 <= decoy_fraction < 1:
-        raise TaskError(f"reverse: decoy_fraction must be a number in [0, 1), got {decoy_fraction!r}")
+    _check_decoy_fraction("reverse", decoy_fraction)
     rng = random.Random(seed)
     space = sum(len(set(alphabet)) ** n for n in range(min_len, max_len + 1))
     count = min(count, space)
@@ -83,55 +84,83 @@ def reverse_rows(*, min_len: int = 3, max_len: int = 3, alphabet: str = "abcdefg
         if word not in seen:
             seen.add(word)
             words.append(word)
-    # A separate stream for the decoys, so that the words (and so the held-out split) are the
-    # same whatever the fraction.
-    decoys = random.Random(f"{seed}-decoy")
+    decoys = _decoy_stream(seed)
     rows = []
     for word in words:
         backwards = ",".join(reversed(word))
-        row = {"id": f"rev-{word}", "prompt": f"Reverse the letters: [{','.join(word)}]",
-               "answer": backwards, "target": backwards}
-        if decoy_fraction and decoys.random() < decoy_fraction:
-            row.update(target=",".join(word), privileged_target=backwards)
-        rows.append(row)
+        rows.append(_maybe_decoy({"id": f"rev-{word}", "prompt": f"Reverse the letters: [{','.join(word)}]",
+                                  "answer": backwards, "target": backwards},
+                                 ",".join(word), decoy_fraction, decoys))
     return rows
+
+
+def _check_decoy_fraction(source: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise TaskError(f"{source}: decoy_fraction must be a number in [0, 1), got {value!r}")
+
+
+def _decoy_stream(seed: int) -> random.Random:
+    """The decoys' own random stream: the rows (and so the held-out split) are the same whatever
+    the fraction."""
+    return random.Random(f"{seed}-decoy")
+
+
+def _maybe_decoy(row: dict, decoy: str, fraction: float, stream: random.Random) -> dict:
+    """With probability `fraction`, make `decoy` the row's warm-up `target` (a plausible wrong
+    behaviour) and keep the right one as `privileged_target`, what the warm-up teaches under the
+    teacher's privileged prompt (loop/warmup.py). The `answer` never changes."""
+    if fraction and stream.random() < fraction:
+        row.update(target=decoy, privileged_target=row["target"])
+    return row
 
 
 _PALETTE = ("#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#17becf", "#000000")
 
 
-def _shapes_image(layout: Sequence[str], grid: int, cell: int, rng: random.Random) -> bytes:
-    """PNG bytes of a grid x grid picture: each cell empty, a filled square or a filled circle
-    of a random colour, size and offset (so that neither the colour nor the painted area gives
-    the count away)."""
+def _shapes_image(layout: Sequence[str], cols: int, cell: int, rng: random.Random) -> bytes:
+    """PNG bytes of a picture of `cols` columns of cells (as many rows as `layout` fills): each
+    cell empty, a filled square, circle or triangle of a random colour, size and offset (so that
+    neither the colour nor the painted area gives the answer away)."""
     import io
 
     from PIL import Image, ImageDraw
 
-    image = Image.new("RGB", (grid * cell, grid * cell), "white")
+    image = Image.new("RGB", (cols * cell, -(-len(layout) // cols) * cell), "white")
     draw = ImageDraw.Draw(image)
     for k, kind in enumerate(layout):
         if kind == "empty":
             continue
         side = rng.randint(cell // 2, cell - 6)
-        x0 = (k % grid) * cell + rng.randint(2, cell - side - 2)
-        y0 = (k // grid) * cell + rng.randint(2, cell - side - 2)
+        x0 = (k % cols) * cell + rng.randint(2, cell - side - 2)
+        y0 = (k // cols) * cell + rng.randint(2, cell - side - 2)
         box = [x0, y0, x0 + side - 1, y0 + side - 1]
         colour = rng.choice(_PALETTE)
-        (draw.rectangle if kind == "square" else draw.ellipse)(box, fill=colour)
+        if kind == "triangle":
+            draw.polygon([(x0 + (side - 1) / 2, y0), (x0, y0 + side - 1), (x0 + side - 1, y0 + side - 1)],
+                         fill=colour)
+        else:
+            (draw.rectangle if kind == "square" else draw.ellipse)(box, fill=colour)
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     return buf.getvalue()
 
 
 def shapes_rows(*, grid: int = 2, size: int = 2000, max_count: int | None = None,
-                distractors: bool = True, cell: int = 28, seed: int = 0) -> list[dict]:
+                distractors: bool = True, cell: int = 28, circles: bool = False,
+                decoy_fraction: float = 0.0, seed: int = 0) -> list[dict]:
     """`size` pictures of up to `max_count` (default grid * grid) filled squares among circles
     (`distractors`) in a grid x grid layout of `cell`-pixel cells; the answer is the number of
     squares, drawn uniformly, so no count dominates. A 28-pixel cell is one token of a Qwen2-VL
     (14-pixel patches merged 2 x 2): the 2 x 2 default is a 4-token image for the tiny VLM (a
     3 x 3 grid, 9 tokens and answers 0-9, is barely learnt by the embedded warm-up:
     docs/multimodal.md).
+
+    `circles`: count the circles too; the answer is "squares,circles" ("2,1"), and the two counts
+    always differ (the circles are redrawn until they do), so that the other order is always
+    wrong. `decoy_fraction` (with `circles`): as `reverse`'s, that share of the rows' warm-up
+    `target` gives the counts in the other order ("1,2": the same perception, the wrong order)
+    while the `answer` and the teacher's `privileged_target` keep squares first; the pictures,
+    answers and held-out split are the same whatever the fraction.
     Deterministic in the options and the seed."""
     for name, value, low, high in (("grid", grid, 1, 8), ("cell", cell, 12, 128)):
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
@@ -142,16 +171,73 @@ def shapes_rows(*, grid: int = 2, size: int = 2000, max_count: int | None = None
         raise TaskError(f"shapes: max_count must be an int in [1, {cells}], got {max_count!r}")
     if isinstance(size, bool) or not isinstance(size, int) or size < 2:
         raise TaskError(f"shapes: size must be an int >= 2, got {size!r}")
-    rng = random.Random(seed)
+    _check_decoy_fraction("shapes", decoy_fraction)
+    if (circles or decoy_fraction) and not (circles is True and distractors is True):
+        raise TaskError("shapes: circles needs distractors (there are no circles to count without "
+                        "them), and decoy_fraction needs circles: true (the decoy is the other order "
+                        "of the two counts)")
+    rng, decoys = random.Random(seed), _decoy_stream(seed)
     rows = []
     for i in range(size):
         count = rng.randint(0, top)
         squares = set(rng.sample(range(cells), count))
-        layout = ["square" if k in squares else
-                  ("circle" if distractors and rng.random() < 0.5 else "empty") for k in range(cells)]
-        rows.append({"id": f"shapes-{seed}-{i}", "prompt": "How many squares are in the picture?",
-                     "images": [_shapes_image(layout, grid, cell, rng)], "answer": str(count),
-                     "target": str(count)})
+        while True:
+            layout = ["square" if k in squares else
+                      ("circle" if distractors and rng.random() < 0.5 else "empty") for k in range(cells)]
+            if not circles or layout.count("circle") != count:
+                break
+        if not circles:
+            rows.append({"id": f"shapes-{seed}-{i}", "prompt": "How many squares are in the picture?",
+                         "images": [_shapes_image(layout, grid, cell, rng)], "answer": str(count),
+                         "target": str(count)})
+            continue
+        answer = f"{count},{layout.count('circle')}"
+        rows.append(_maybe_decoy(
+            {"id": f"shapes-{seed}-{i}", "prompt": "How many squares and how many circles?",
+             "images": [_shapes_image(layout, grid, cell, rng)], "answer": answer, "target": answer},
+            f"{layout.count('circle')},{count}", decoy_fraction, decoys))
+    return rows
+
+
+SHAPE_KINDS = ("square", "circle", "triangle")
+
+
+def shape_row_rows(*, length: int = 3, kinds: Sequence[str] = SHAPE_KINDS, size: int = 3000,
+                   cell: int = 28, decoy_fraction: float = 0.0, seed: int = 0) -> list[dict]:
+    """`size` pictures of `length` shapes in a row (one `cell`-pixel cell each, so one image
+    token each for the tiny VLM), each a filled square, circle or triangle (`kinds`) of a random
+    colour, size and offset; the answer names them by their initials from right to left,
+    "c,s,t" for circle, square, triangle (exact_match; one token per shape, as `reverse`'s
+    letters: with the names spelt out, about 20 tokens, a 200-step warm-up learnt nothing of the
+    picture, docs/multimodal.md). The first and last shapes always differ, so that the reading
+    left to right is always a wrong answer.
+
+    `decoy_fraction`: as `reverse`'s (the visual analogue): that share of the rows' warm-up
+    `target` names the shapes left to right, the same perception in the wrong order, while the
+    `answer` and the teacher's `privileged_target` stay right to left. The pictures, answers and
+    held-out split are the same whatever the fraction. Deterministic in the options and the seed."""
+    if isinstance(length, bool) or not isinstance(length, int) or not 2 <= length <= 8:
+        raise TaskError(f"shape_row: length must be an int in [2, 8], got {length!r}")
+    if isinstance(cell, bool) or not isinstance(cell, int) or not 12 <= cell <= 128:
+        raise TaskError(f"shape_row: cell must be an int in [12, 128], got {cell!r}")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 2:
+        raise TaskError(f"shape_row: size must be an int >= 2, got {size!r}")
+    kinds = tuple(kinds) if not isinstance(kinds, str) else ()
+    if len(set(kinds)) < 2 or not set(kinds) <= set(SHAPE_KINDS):
+        raise TaskError(f"shape_row: kinds must be two or more of {list(SHAPE_KINDS)}, got {kinds!r}")
+    _check_decoy_fraction("shape_row", decoy_fraction)
+    rng, decoys = random.Random(seed), _decoy_stream(seed)
+    rows = []
+    for i in range(size):
+        layout = [rng.choice(kinds) for _ in range(length)]
+        while layout[-1] == layout[0]:
+            layout[-1] = rng.choice(kinds)
+        initials = [kind[0] for kind in layout]
+        answer = ",".join(reversed(initials))
+        rows.append(_maybe_decoy(
+            {"id": f"shape_row-{seed}-{i}", "prompt": "Name the shapes from right to left.",
+             "images": [_shapes_image(layout, length, cell, rng)], "answer": answer,
+             "target": answer}, ",".join(initials), decoy_fraction, decoys))
     return rows
 
 
@@ -256,6 +342,9 @@ def rlsd_task_sources():
         TaskSourceRecord(name="shapes", fn=shapes_rows, verifier="exact_match", generated=True,
                          description="How many squares are in a Pillow-drawn picture (images; "
                                      "the embedded vision-language setting)."),
+        TaskSourceRecord(name="shape_row", fn=shape_row_rows, verifier="exact_match", generated=True,
+                         description="Name 3 Pillow-drawn shapes in a row from right to left "
+                                     "(images; decoy_fraction as reverse's)."),
         TaskSourceRecord(name="files", fn=files_rows, columns=(), verifier="exact_match",
                          description="Local jsonl/json/parquet/arrow/csv files via `datasets`."),
         TaskSourceRecord(name="reasoning_gym", fn=reasoning_gym_rows, verifier="reasoning_gym",
