@@ -155,9 +155,9 @@ def shapes_rows(*, grid: int = 2, size: int = 2000, max_count: int | None = None
     3 x 3 grid, 9 tokens and answers 0-9, is barely learnt by the embedded warm-up:
     docs/multimodal.md).
 
-    `circles`: count the circles too; the answer is "squares,circles" ("2,1"), the pair drawn
-    uniformly from those that fit and differ (12 on the 2 x 2 grid, so chance and any constant
-    answer are 1 in 12), so that the other order is always wrong. `decoy_fraction` (with `circles`): as `reverse`'s, that share of the rows' warm-up
+    `circles`: count the circles too; the answer is "squares,circles" ("2,1"), and the two counts
+    always differ (the circles are redrawn until they do), so that the other order is always
+    wrong. `decoy_fraction` (with `circles`): as `reverse`'s, that share of the rows' warm-up
     `target` gives the counts in the other order ("1,2": the same perception, the wrong order)
     while the `answer` and the teacher's `privileged_target` keep squares first; the pictures,
     answers and held-out split are the same whatever the fraction.
@@ -177,35 +177,26 @@ def shapes_rows(*, grid: int = 2, size: int = 2000, max_count: int | None = None
                         "them), and decoy_fraction needs circles: true (the decoy is the other order "
                         "of the two counts)")
     rng, decoys = random.Random(seed), _decoy_stream(seed)
-    if circles:
-        return [_two_counts_row(i, grid, top, cell, rng, decoy_fraction, decoys, seed)
-                for i in range(size)]
     rows = []
     for i in range(size):
         count = rng.randint(0, top)
         squares = set(rng.sample(range(cells), count))
-        layout = ["square" if k in squares else
-                  ("circle" if distractors and rng.random() < 0.5 else "empty") for k in range(cells)]
-        rows.append({"id": f"shapes-{seed}-{i}", "prompt": "How many squares are in the picture?",
-                     "images": [_shapes_image(layout, grid, cell, rng)], "answer": str(count),
-                     "target": str(count)})
+        while True:
+            layout = ["square" if k in squares else
+                      ("circle" if distractors and rng.random() < 0.5 else "empty") for k in range(cells)]
+            if not circles or layout.count("circle") != count:
+                break
+        if not circles:
+            rows.append({"id": f"shapes-{seed}-{i}", "prompt": "How many squares are in the picture?",
+                         "images": [_shapes_image(layout, grid, cell, rng)], "answer": str(count),
+                         "target": str(count)})
+            continue
+        answer = f"{count},{layout.count('circle')}"
+        rows.append(_maybe_decoy(
+            {"id": f"shapes-{seed}-{i}", "prompt": "How many squares and how many circles?",
+             "images": [_shapes_image(layout, grid, cell, rng)], "answer": answer, "target": answer},
+            f"{layout.count('circle')},{count}", decoy_fraction, decoys))
     return rows
-
-
-def _two_counts_row(i: int, grid: int, top: int, cell: int, rng: random.Random,
-                    decoy_fraction: float, decoys: random.Random, seed: int) -> dict:
-    """A `shapes` row with `circles`: the pair (squares, circles) drawn uniformly from the pairs
-    that fit the grid and differ (so that no answer, and no constant guess, dominates), placed
-    in random cells."""
-    cells = grid * grid
-    pairs = [(s, c) for s in range(top + 1) for c in range(cells - s + 1) if s != c]
-    squares, circles = rng.choice(pairs)
-    kinds = ["square"] * squares + ["circle"] * circles + ["empty"] * (cells - squares - circles)
-    rng.shuffle(kinds)
-    answer = f"{squares},{circles}"
-    return _maybe_decoy({"id": f"shapes-{seed}-{i}", "prompt": "How many squares and how many circles?",
-                         "images": [_shapes_image(kinds, grid, cell, rng)], "answer": answer,
-                         "target": answer}, f"{circles},{squares}", decoy_fraction, decoys)
 
 
 SHAPE_KINDS = ("square", "circle", "triangle")
