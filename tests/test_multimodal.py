@@ -95,58 +95,59 @@ def test_datasets_image_feature_rows_keep_encoded_bytes(pm, tmp_path):
     assert [p["type"] for p in parts] == ["image", "text"]  # no placeholder: image first
 
 
-def test_shape_row_decoys_change_only_the_student_target(pm):
-    """`shape_row` with decoys: the same pictures, answers and held-out split as without; 60% of
-    the warm-up targets name the shapes left to right; the teacher's target is always the answer."""
-    from rlsd_plugins.task_sources import shape_row_rows
+def test_shapes_circles_decoys_change_only_the_student_target(pm):
+    """`shapes` with `circles` and decoys (the `shape_counts` suite): the same pictures, answers
+    and held-out split as without decoys; 60% of the warm-up targets give the two counts in the
+    other order; the teacher's target is always the answer."""
+    from rlsd_plugins.task_sources import shapes_rows
 
-    plain, decoyed = shape_row_rows(size=400), shape_row_rows(size=400, decoy_fraction=0.6)
+    plain = shapes_rows(size=400, circles=True)
+    decoyed = shapes_rows(size=400, circles=True, decoy_fraction=0.6)
     assert [(r["id"], r["images"], r["answer"]) for r in plain] == \
         [(r["id"], r["images"], r["answer"]) for r in decoyed]
     for r in plain:
         assert r["target"] == r["answer"] and "privileged_target" not in r
-        names = r["answer"].split(",")
-        assert len(names) == 3 and names[0] != names[-1]  # left to right is always wrong
-        assert set(names) <= {"s", "c", "t"}  # square, circle, triangle
+        squares, circles = map(int, r["answer"].split(","))
+        assert squares != circles and squares + circles <= 4  # the other order is always wrong
     decoys = [r for r in decoyed if "privileged_target" in r]
     assert 0.54 < len(decoys) / len(decoyed) < 0.66
     for r in decoys:
-        assert r["target"] == ",".join(reversed(r["answer"].split(",")))  # left to right
+        assert r["target"] == ",".join(reversed(r["answer"].split(",")))  # circles first
         assert r["target"] != r["answer"] and r["privileged_target"] == r["answer"]
     assert all(r["target"] == r["answer"] for r in decoyed if "privileged_target" not in r)
-    with Image.open(io.BytesIO(plain[0]["images"][0])) as image:
-        assert image.size == (84, 28)  # one 28-pixel cell, one image token, per shape
-    cfgs = [TaskConfig(name="row", source="shape_row", eval_size=50,
-                       options={"size": 200, "decoy_fraction": f}) for f in (0.0, 0.6)]
+    assert shapes_rows(size=50) == shapes_rows(size=50, circles=False, decoy_fraction=0.0)
+    cfgs = [TaskConfig(name="c", source="shapes", eval_size=50,
+                       options={"size": 200, "circles": True, "decoy_fraction": f}) for f in (0.0, 0.6)]
     a, b = (load_task(c, pm.registry, seed=0) for c in cfgs)
     assert [r["id"] for r in a.eval] == [r["id"] for r in b.eval]
     for bad in (1.0, -0.1, True, "0.5"):
         with pytest.raises(TaskError, match="decoy_fraction"):
-            shape_row_rows(size=4, decoy_fraction=bad)
-    with pytest.raises(TaskError, match="kinds"):
-        shape_row_rows(size=4, kinds=["square"])
+            shapes_rows(size=4, circles=True, decoy_fraction=bad)
+    with pytest.raises(TaskError, match="decoy_fraction needs circles"):
+        shapes_rows(size=4, decoy_fraction=0.5)
 
 
-def test_shape_row_privileged_examples_are_never_taught_a_decoy(pm, vlm):
+def test_shapes_circles_privileged_examples_are_never_taught_a_decoy(pm, vlm):
     from rlsd_core.loop import build_examples
 
     _, tok, vision = vlm
-    task = load_task(TaskConfig(name="row", source="shape_row", eval_size=10,
-                                options={"size": 130, "decoy_fraction": 0.9}), pm.registry, seed=0)
+    task = load_task(TaskConfig(name="c", source="shapes", eval_size=10,
+                                options={"size": 130, "circles": True, "decoy_fraction": 0.9}),
+                     pm.registry, seed=0)
     prompts = TeacherPrompts([task], {"reference_answer": pm.registry.injector("reference_answer")}, tok)
     examples = build_examples([task], tok, prompts.messages, privileged_fraction=0.5, seed=0,
                               vision=vision)
-    answers = {r["answer"] for r in task.train}
     seen = Counter()
     for p, t, pixels in examples:
         assert pixels is not None
-        taught = tok.decode(t, skip_special_tokens=True)
-        hinted = "reference solution" in tok.decode(p)
-        seen[hinted, taught in answers] += 1
-        if hinted:  # the reference in the prompt is what is taught
-            assert f"reference solution: {taught}" in tok.decode(p)
+        taught, text = tok.decode(t, skip_special_tokens=True), tok.decode(p)
+        hinted = "reference solution" in text
+        if hinted:
+            seen[True, f"reference solution:\n{taught}\n" in text] += 1  # taught the reference
+        else:
+            seen[False, taught] += 1
     assert seen[True, False] == 0 and seen[True, True] > 30
-    assert seen[False, False] > 0.8 * (seen[False, False] + seen[False, True])  # the decoys
+    assert sum(n for (h, _), n in seen.items() if not h) > 30  # the student prompts: decoys or not
 
 
 @pytest.mark.parametrize("case, expected", [
@@ -404,15 +405,15 @@ def test_rlsd_train_suite_shapes_two_steps_then_eval_the_checkpoint(tmp_path, mo
     assert out["tasks"]["shapes"]["n"] == 4
 
 
-def test_rlsd_train_suite_shape_row_two_steps(tmp_path, monkeypatch, capsys):
-    """The CI run of the `shape_row` suite (decoys, multi-token answers read from the picture)."""
+def test_rlsd_train_suite_shape_counts_two_steps(tmp_path, monkeypatch, capsys):
+    """The CI run of the `shape_counts` suite (two counts, decoys in the other order)."""
     monkeypatch.setenv("RLSD_CACHE", str(tmp_path / "cache"))
     run = tmp_path / "run"
-    assert rlsd_main(["train", "--suite", "shape_row", "--set", "tasks.0.options.size=80",
+    assert rlsd_main(["train", "--suite", "shape_counts", "--set", "tasks.0.options.size=80",
                       "--set", "tasks.0.eval_size=8", "--warmup.steps", "4",
                       "--warmup.batch_size", "16", "--steps", "2", "--eval.every", "0",
                       "--rollout.prompts_per_step", "4", "--rollout.group_size", "4",
-                      "--rollout.max_new_tokens", "24", "--eval.max_new_tokens", "24",
+                      "--rollout.max_new_tokens", "4", "--eval.max_new_tokens", "4",
                       "--threads", "1", "--output_dir", str(run)]) == 0
     assert "held-out after" in capsys.readouterr().err
     metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]

@@ -5,10 +5,9 @@ hook exactly like a third-party plugin's (entry point `task_sources` of the `rls
   reverse        "Reverse the letters: [c,a,t]" -> "t,a,c"  (exact_match); generated
   shapes         a picture of squares and circles in a grid, "How many squares are in the
                  picture?" -> "3" (exact_match); generated with Pillow, the image as PNG bytes
-                 in the row's `images` (the `shapes` suite, docs/multimodal.md)
-  shape_row      a picture of 3 shapes in a row, "Name the shapes from right to left." ->
-                 "c,s,t" (circle, square, triangle; exact_match); option decoy_fraction as reverse's
-                 (the `shape_row` suite, docs/multimodal.md)
+                 in the row's `images` (the `shapes` suite, docs/multimodal.md); with
+                 `circles: true`, "2,1" (squares, circles) and option decoy_fraction as
+                 reverse's (the `shape_counts` suite)
   files          local jsonl/json/parquet/arrow/csv files through Hugging Face `datasets`
                  (options: path (a file, a glob or a list), format (default: from the suffix))
   reasoning_gym  a reasoning-gym generator (options: dataset, size, seed, config: {...});
@@ -117,29 +116,25 @@ def _maybe_decoy(row: dict, decoy: str, fraction: float, stream: random.Random) 
 _PALETTE = ("#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#17becf", "#000000")
 
 
-def _shapes_image(layout: Sequence[str], cols: int, cell: int, rng: random.Random) -> bytes:
-    """PNG bytes of a picture of `cols` columns of cells (as many rows as `layout` fills): each
-    cell empty, a filled square, circle or triangle of a random colour, size and offset (so that
-    neither the colour nor the painted area gives the answer away)."""
+def _shapes_image(layout: Sequence[str], grid: int, cell: int, rng: random.Random) -> bytes:
+    """PNG bytes of a grid x grid picture: each cell empty, a filled square or a filled circle
+    of a random colour, size and offset (so that neither the colour nor the painted area gives
+    the count away)."""
     import io
 
     from PIL import Image, ImageDraw
 
-    image = Image.new("RGB", (cols * cell, -(-len(layout) // cols) * cell), "white")
+    image = Image.new("RGB", (grid * cell, grid * cell), "white")
     draw = ImageDraw.Draw(image)
     for k, kind in enumerate(layout):
         if kind == "empty":
             continue
         side = rng.randint(cell // 2, cell - 6)
-        x0 = (k % cols) * cell + rng.randint(2, cell - side - 2)
-        y0 = (k // cols) * cell + rng.randint(2, cell - side - 2)
+        x0 = (k % grid) * cell + rng.randint(2, cell - side - 2)
+        y0 = (k // grid) * cell + rng.randint(2, cell - side - 2)
         box = [x0, y0, x0 + side - 1, y0 + side - 1]
         colour = rng.choice(_PALETTE)
-        if kind == "triangle":
-            draw.polygon([(x0 + (side - 1) / 2, y0), (x0, y0 + side - 1), (x0 + side - 1, y0 + side - 1)],
-                         fill=colour)
-        else:
-            (draw.rectangle if kind == "square" else draw.ellipse)(box, fill=colour)
+        (draw.rectangle if kind == "square" else draw.ellipse)(box, fill=colour)
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     return buf.getvalue()
@@ -157,7 +152,8 @@ def shapes_rows(*, grid: int = 2, size: int = 2000, max_count: int | None = None
 
     `circles`: count the circles too; the answer is "squares,circles" ("2,1"), and the two counts
     always differ (the circles are redrawn until they do), so that the other order is always
-    wrong. `decoy_fraction` (with `circles`): as `reverse`'s, that share of the rows' warm-up
+    wrong. The squares stay uniform, the pairs do not: on the 2 x 2 grid "4,0" is a fifth of the
+    rows (a constant answer scores that), "2,1" and "1,2" an eighth each. `decoy_fraction` (with `circles`): as `reverse`'s, that share of the rows' warm-up
     `target` gives the counts in the other order ("1,2": the same perception, the wrong order)
     while the `answer` and the teacher's `privileged_target` keep squares first; the pictures,
     answers and held-out split are the same whatever the fraction.
@@ -196,48 +192,6 @@ def shapes_rows(*, grid: int = 2, size: int = 2000, max_count: int | None = None
             {"id": f"shapes-{seed}-{i}", "prompt": "How many squares and how many circles?",
              "images": [_shapes_image(layout, grid, cell, rng)], "answer": answer, "target": answer},
             f"{layout.count('circle')},{count}", decoy_fraction, decoys))
-    return rows
-
-
-SHAPE_KINDS = ("square", "circle", "triangle")
-
-
-def shape_row_rows(*, length: int = 3, kinds: Sequence[str] = SHAPE_KINDS, size: int = 3000,
-                   cell: int = 28, decoy_fraction: float = 0.0, seed: int = 0) -> list[dict]:
-    """`size` pictures of `length` shapes in a row (one `cell`-pixel cell each, so one image
-    token each for the tiny VLM), each a filled square, circle or triangle (`kinds`) of a random
-    colour, size and offset; the answer names them by their initials from right to left,
-    "c,s,t" for circle, square, triangle (exact_match; one token per shape, as `reverse`'s
-    letters: with the names spelt out, about 20 tokens, a 200-step warm-up learnt nothing of the
-    picture, docs/multimodal.md). The first and last shapes always differ, so that the reading
-    left to right is always a wrong answer.
-
-    `decoy_fraction`: as `reverse`'s (the visual analogue): that share of the rows' warm-up
-    `target` names the shapes left to right, the same perception in the wrong order, while the
-    `answer` and the teacher's `privileged_target` stay right to left. The pictures, answers and
-    held-out split are the same whatever the fraction. Deterministic in the options and the seed."""
-    if isinstance(length, bool) or not isinstance(length, int) or not 2 <= length <= 8:
-        raise TaskError(f"shape_row: length must be an int in [2, 8], got {length!r}")
-    if isinstance(cell, bool) or not isinstance(cell, int) or not 12 <= cell <= 128:
-        raise TaskError(f"shape_row: cell must be an int in [12, 128], got {cell!r}")
-    if isinstance(size, bool) or not isinstance(size, int) or size < 2:
-        raise TaskError(f"shape_row: size must be an int >= 2, got {size!r}")
-    kinds = tuple(kinds) if not isinstance(kinds, str) else ()
-    if len(set(kinds)) < 2 or not set(kinds) <= set(SHAPE_KINDS):
-        raise TaskError(f"shape_row: kinds must be two or more of {list(SHAPE_KINDS)}, got {kinds!r}")
-    _check_decoy_fraction("shape_row", decoy_fraction)
-    rng, decoys = random.Random(seed), _decoy_stream(seed)
-    rows = []
-    for i in range(size):
-        layout = [rng.choice(kinds) for _ in range(length)]
-        while layout[-1] == layout[0]:
-            layout[-1] = rng.choice(kinds)
-        initials = [kind[0] for kind in layout]
-        answer = ",".join(reversed(initials))
-        rows.append(_maybe_decoy(
-            {"id": f"shape_row-{seed}-{i}", "prompt": "Name the shapes from right to left.",
-             "images": [_shapes_image(layout, length, cell, rng)], "answer": answer,
-             "target": answer}, ",".join(initials), decoy_fraction, decoys))
     return rows
 
 
@@ -340,11 +294,9 @@ def rlsd_task_sources():
                          description="Reverse 3 letters written as [c,a,t] (the embedded "
                                      "default's second task)."),
         TaskSourceRecord(name="shapes", fn=shapes_rows, verifier="exact_match", generated=True,
-                         description="How many squares are in a Pillow-drawn picture (images; "
-                                     "the embedded vision-language setting)."),
-        TaskSourceRecord(name="shape_row", fn=shape_row_rows, verifier="exact_match", generated=True,
-                         description="Name 3 Pillow-drawn shapes in a row from right to left "
-                                     "(images; decoy_fraction as reverse's)."),
+                         description="How many squares (and with circles: true, circles) are in "
+                                     "a Pillow-drawn picture (images; the embedded "
+                                     "vision-language setting)."),
         TaskSourceRecord(name="files", fn=files_rows, columns=(), verifier="exact_match",
                          description="Local jsonl/json/parquet/arrow/csv files via `datasets`."),
         TaskSourceRecord(name="reasoning_gym", fn=reasoning_gym_rows, verifier="reasoning_gym",
