@@ -368,17 +368,22 @@ def test_image_rows_need_a_vlm_and_the_hf_engine(tmp_path):
 
 # --- end to end -------------------------------------------------------------------------------
 
+def _ci_train(suite: str, max_new_tokens: int, run) -> list[str]:
+    """`rlsd train` of a visual suite at CI size: 80 pictures, a 4-step warm-up, 2 RL steps."""
+    return ["train", "--suite", suite, "--set", "tasks.0.options.size=80",
+            "--set", "tasks.0.eval_size=8", "--warmup.steps", "4",
+            "--warmup.batch_size", "16", "--steps", "2", "--eval.every", "0",
+            "--rollout.prompts_per_step", "4", "--rollout.group_size", "4",
+            "--rollout.max_new_tokens", str(max_new_tokens),
+            "--eval.max_new_tokens", str(max_new_tokens), "--threads", "1", "--output_dir", str(run)]
+
+
 def test_rlsd_train_suite_shapes_two_steps_then_eval_the_checkpoint(tmp_path, monkeypatch, capsys):
     """The CI run of the visual suite: warm-up (a few steps), 2 RLSD steps with images in the
     rollout, pi_old, teacher and student forwards; the checkpoint is a VLM `rlsd eval` reads."""
     monkeypatch.setenv("RLSD_CACHE", str(tmp_path / "cache"))
     run = tmp_path / "run"
-    assert rlsd_main(["train", "--suite", "shapes", "--set", "tasks.0.options.size=80",
-                      "--set", "tasks.0.eval_size=8", "--warmup.steps", "4",
-                      "--warmup.batch_size", "16", "--steps", "2", "--eval.every", "0",
-                      "--rollout.prompts_per_step", "4", "--rollout.group_size", "4",
-                      "--rollout.max_new_tokens", "3", "--eval.max_new_tokens", "3",
-                      "--threads", "1", "--output_dir", str(run)]) == 0
+    assert rlsd_main(_ci_train("shapes", 3, run)) == 0
     err = capsys.readouterr().err
     assert "shapes" in err and "held-out after" in err
     metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
@@ -409,12 +414,7 @@ def test_rlsd_train_suite_shape_counts_two_steps(tmp_path, monkeypatch, capsys):
     """The CI run of the `shape_counts` suite (two counts, decoys in the other order)."""
     monkeypatch.setenv("RLSD_CACHE", str(tmp_path / "cache"))
     run = tmp_path / "run"
-    assert rlsd_main(["train", "--suite", "shape_counts", "--set", "tasks.0.options.size=80",
-                      "--set", "tasks.0.eval_size=8", "--warmup.steps", "4",
-                      "--warmup.batch_size", "16", "--steps", "2", "--eval.every", "0",
-                      "--rollout.prompts_per_step", "4", "--rollout.group_size", "4",
-                      "--rollout.max_new_tokens", "4", "--eval.max_new_tokens", "4",
-                      "--threads", "1", "--output_dir", str(run)]) == 0
+    assert rlsd_main(_ci_train("shape_counts", 4, run)) == 0
     assert "held-out after" in capsys.readouterr().err
     metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == [0, 1, 2]
