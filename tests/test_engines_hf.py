@@ -51,8 +51,22 @@ def test_shapes_and_finish_reasons(tiny, prompts):
             assert len(g.token_ids) == 12
 
 
-def test_stops_per_sequence_and_keeps_other_rows_going(tiny, prompts):
+@pytest.fixture(scope="module")
+def varied(tiny):
+    """The tiny model with its weight matrices tripled: the untrained model's greedy output
+    repeats one token per row (it did with tokenizer corpus 2), which leaves no stop token to
+    test with; sharper logits make each row's greedy output vary."""
     model, tok = tiny
+    model = copy.deepcopy(model)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("weight") and p.dim() == 2:
+                p.mul_(3.0)
+    return model, tok
+
+
+def test_stops_per_sequence_and_keeps_other_rows_going(varied, prompts):
+    model, tok = varied
     greedy = SamplingParams(temperature=0, max_new_tokens=10)
     free = [g[0].token_ids for g in HFEngine(model, tok).generate(prompts, greedy)]
     # Stop on a token that one row produces only after a few steps and another row never
