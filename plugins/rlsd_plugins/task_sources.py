@@ -180,18 +180,17 @@ def shapes_rows(*, grid: int = 2, size: int = 2000, max_count: int | None = None
         while True:
             layout = ["square" if k in squares else
                       ("circle" if distractors and rng.random() < 0.5 else "empty") for k in range(cells)]
-            if not circles or layout.count("circle") != count:
+            n_circles = layout.count("circle")
+            if not circles or n_circles != count:
                 break
-        if not circles:
-            rows.append({"id": f"shapes-{seed}-{i}", "prompt": "How many squares are in the picture?",
-                         "images": [_shapes_image(layout, grid, cell, rng)], "answer": str(count),
-                         "target": str(count)})
-            continue
-        answer = f"{count},{layout.count('circle')}"
-        rows.append(_maybe_decoy(
-            {"id": f"shapes-{seed}-{i}", "prompt": "How many squares and how many circles?",
+        answer, decoy = ((f"{count},{n_circles}", f"{n_circles},{count}") if circles
+                         else (str(count), None))
+        prompt = "How many squares and how many circles?" if circles else \
+            "How many squares are in the picture?"
+        rows.append(_maybe_decoy(  # decoy_fraction is 0 without circles: the row as built
+            {"id": f"shapes-{seed}-{i}", "prompt": prompt,
              "images": [_shapes_image(layout, grid, cell, rng)], "answer": answer, "target": answer},
-            f"{layout.count('circle')},{count}", decoy_fraction, decoys))
+            decoy, decoy_fraction, decoys))
     return rows
 
 
