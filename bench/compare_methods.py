@@ -53,7 +53,8 @@ from rlsd_core.config import TrainConfig
 from rlsd_core.data import TeacherPrompts, load_task, render_prompt, student_messages
 from rlsd_core.engines import SamplingParams, make_engine
 from rlsd_core.loop import check_config, setup, train, train_step, warmed_up_dir
-from rlsd_core.models import load_model, load_tokenizer, resolve_model
+from rlsd_core.models import load_model, load_tokenizer, load_vision, resolve_model
+from rlsd_core.rewards import build_scorer
 
 ARMS = ("grpo", "grpo-2x", "opsd", "grpo+opsd", "rlsd", "rlsd-none")
 LOSS = {"grpo": "grpo", "grpo-2x": "grpo", "opsd": "opsd", "grpo+opsd": "grpo+opsd", "rlsd": "rlsd",
@@ -130,7 +131,8 @@ def warm_start(pm, settings: dict, log) -> Path:
     tasks = [load_task(t, registry, seed=0) for t in cfg.tasks]
     injectors = {t.injector: registry.injector(t.injector) for t in tasks}
     base = Path(resolve_model("tiny"))
-    prompts = TeacherPrompts(tasks, injectors, load_tokenizer(str(base)))
+    prompts = TeacherPrompts(tasks, injectors, load_tokenizer(str(base)), load_vision(str(base)))
+    scorers = {t.name: build_scorer(t, registry) for t in tasks}
     t0 = time.perf_counter()
     last = [0.0]
 
@@ -139,8 +141,13 @@ def warm_start(pm, settings: dict, log) -> Path:
             last[0] = time.perf_counter()
             log(f"  warm-up {i}/{n}, loss {loss:.3f} ({last[0] - t0:.0f} s)")
 
-    path = warmed_up_dir(base, tasks, prompts.messages, cfg.warmup, seed=0, on_step=on_step,
-                         on_cached=lambda p: log(f"warm start: cached at {p}"))
+    try:
+        path = warmed_up_dir(base, tasks, prompts, cfg.warmup, seed=0, scorers=scorers,
+                             max_new_tokens=cfg.eval.max_new_tokens, on_step=on_step,
+                             on_cached=lambda p: log(f"warm start: cached at {p}"))
+    finally:
+        for scorer in scorers.values():
+            scorer.close()
     log(f"warm start: {path} ({time.perf_counter() - t0:.0f} s)")
     return path
 
@@ -521,6 +528,8 @@ def parse_args(argv=None):
                    help="held-out problems per task (full: the default's, 100 each; a larger set "
                         "means a warm-up on the remaining rows, trained once and cached)")
     p.add_argument("--eval-every", type=int, default=None, help="held-out evaluation period (full: 8)")
+    p.add_argument("--warmup-steps", type=int, default=None,
+                   help="the warm-up's step cap (full: the default's; its readiness check may stop it sooner)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1)")
     p.add_argument("--arms", default=",".join(ARMS), help=f"comma list of arms (default all: {','.join(ARMS)})")
     p.add_argument("--skip", default="", help="comma list of stages to skip: teacher,timing,repro")
@@ -544,7 +553,7 @@ def stage(out: Path, name: str, compute) -> dict:
 def main(argv=None) -> int:
     args = parse_args(argv)
     settings = dict(QUICK if args.quick else FULL)
-    for key in ("seeds", "steps", "eval_size", "eval_every"):
+    for key in ("seeds", "steps", "eval_size", "eval_every", "warmup_steps"):
         if getattr(args, key) is not None:
             settings[key] = getattr(args, key)
     settings["steps"] = settings["steps"] or TrainConfig().steps

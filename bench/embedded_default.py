@@ -34,6 +34,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from rlsd_core.loop import warmup_record
+
 BUDGET_S = 300.0
 
 
@@ -49,8 +51,10 @@ def one_run(cache: Path, out: Path, extra: list[str]) -> dict:
     if proc.returncode != 0:
         raise SystemExit(f"rlsd train failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    warm = [warmup_record(p) for p in sorted(cache.glob("warmup-*"))]
     return {"wall_s": wall, "cpu_s": cpu, "load_before": load0, "load_after": os.getloadavg()[0],
-            "summary": json.loads((out / "summary.json").read_text()), "stderr": proc.stderr}
+            "summary": json.loads((out / "summary.json").read_text()), "stderr": proc.stderr,
+            "warmup": [{k: w.get(k) for k in ("steps_run", "ready_at", "seconds", "checks")} for w in warm]}
 
 
 def change(task: dict) -> dict:
@@ -90,6 +94,11 @@ def main() -> None:
         idle = cpu / (2 * args.efficiency)
         load = f"{rs[-1]['load_before']:.1f}-{rs[-1]['load_after']:.1f}"
         print(f"{name:<22}{wall:>8.1f}{cpu:>8.1f}{idle:>11.1f}{load:>11}{BUDGET_S:>8.0f}{idle / BUDGET_S:>11.2f}")
+    for i, r in enumerate(runs["cold"]):
+        for w in r["warmup"]:
+            stop = (f"stopped at step {w['ready_at']} (readiness check passed)" if w["ready_at"]
+                    else f"ran {w['steps_run']} steps without passing the readiness check")
+            print(f"cold run {i + 1}: warm-up {stop}, {w['seconds']:.0f} s")
     last = runs["cold"][-1]["summary"]
     print("\nheld-out greedy accuracy (last cold run): task  before -> after  (change, 2 SE)")
     changes = {}

@@ -66,7 +66,9 @@ class ModelConfig(_Section):
 class WarmupConfig(_Section):
     enabled: AutoBool = Field(
         "auto", description="Supervised warm-up before RL (cached): auto = only for model 'tiny'.")
-    steps: int = Field(400, ge=0, description="Warm-up optimizer steps.")
+    steps: int = Field(400, ge=0, description="Warm-up optimizer steps at most (the learning-rate "
+                                              "schedule spans them); the readiness check may stop "
+                                              "it sooner.")
     batch_size: int = Field(64, ge=1, description="Warm-up examples per step.")
     lr: float = Field(2e-3, gt=0, description="Warm-up peak learning rate (AdamW, cosine decay).")
     privileged_fraction: float = Field(
@@ -76,6 +78,16 @@ class WarmupConfig(_Section):
         "rows", description="How tasks share the warm-up: weight = in proportion to their "
                               "`weight` (as in RL; a task with few rows is repeated), rows = every "
                               "training row once per epoch.")
+    check_every: int = Field(
+        25, ge=0, description="Readiness check period in steps: greedy accuracy with and without "
+                              "the privileged prompt on `check_rows` training rows per task; 0 = "
+                              "no check, run all `steps`.")
+    check_rows: int = Field(32, ge=1, description="Training rows per task the readiness check reads.")
+    ready_gain: float = Field(
+        0.5, gt=0, le=1, description="The warm-up stops once some task's greedy accuracy with the "
+                                     "privileged prompt exceeds its accuracy without by this much "
+                                     "(the self-teacher reads the hint) ...")
+    ready_checks: int = Field(2, ge=1, description="... at this many checks in a row.")
 
 
 class WeightedVerifier(_Section):

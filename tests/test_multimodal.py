@@ -20,6 +20,7 @@ import torch
 from rlsd_core.cli import main as rlsd_main
 from rlsd_core.config import ConfigError, TaskConfig, TrainConfig
 from rlsd_core.data import TeacherPrompts, encode_prompt, load_task, student_messages
+from rlsd_core.loop import warmup_record
 from rlsd_core.engines import SamplingParams, make_engine
 from rlsd_core.leakage import leakage
 from rlsd_core.models import (load_model, load_tokenizer, load_vision, tiny_model_dir, tiny_vlm_dir,
@@ -368,9 +369,9 @@ def test_image_rows_need_a_vlm_and_the_hf_engine(tmp_path):
 
 # --- end to end -------------------------------------------------------------------------------
 
-def _ci_train(suite: str, max_new_tokens: int, run) -> list[str]:
+def _ci_train(suite: str, max_new_tokens: int, run, *extra: str) -> list[str]:
     """`rlsd train` of a visual suite at CI size: 80 pictures, a 4-step warm-up, 2 RL steps."""
-    return ["train", "--suite", suite, "--set", "tasks.0.options.size=80",
+    return ["train", *extra, "--suite", suite, "--set", "tasks.0.options.size=80",
             "--set", "tasks.0.eval_size=8", "--warmup.steps", "4",
             "--warmup.batch_size", "16", "--steps", "2", "--eval.every", "0",
             "--rollout.prompts_per_step", "4", "--rollout.group_size", "4",
@@ -411,11 +412,18 @@ def test_rlsd_train_suite_shapes_two_steps_then_eval_the_checkpoint(tmp_path, mo
 
 
 def test_rlsd_train_suite_shape_counts_two_steps(tmp_path, monkeypatch, capsys):
-    """The CI run of the `shape_counts` suite (two counts, decoys in the other order)."""
+    """The CI run of the `shape_counts` suite (two counts, decoys in the other order), with the
+    warm-up's readiness check on pictures (greedy with the pixels, student and teacher prompt)."""
     monkeypatch.setenv("RLSD_CACHE", str(tmp_path / "cache"))
     run = tmp_path / "run"
-    assert rlsd_main(_ci_train("shape_counts", 4, run)) == 0
-    assert "held-out after" in capsys.readouterr().err
+    assert rlsd_main(_ci_train("shape_counts", 4, run, "--warmup.check_every", "2",
+                               "--warmup.check_rows", "8")) == 0
+    err = capsys.readouterr().err
+    assert "held-out after" in err
+    (record,) = [warmup_record(p) for p in (tmp_path / "cache").glob("warmup-*")]
+    assert [c["step"] for c in record["checks"]] == [2, 4] and record["check_rows"] == {"shape_counts": 8}
+    # Four steps teach nothing to read: the run goes on, with the warning and its numbers.
+    assert record["ready_at"] is None and "no task's self-teacher read its hint" in err
     metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == [0, 1, 2]
     assert metrics[1]["teacher_skipped"] == 0 and metrics[1]["delta_abs_mean"] is not None

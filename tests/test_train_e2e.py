@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from rlsd_core.cli import main as rlsd_main
+from rlsd_core.loop import warmup_record
 
 SHRINK = ["--warmup.steps", "12", "--steps", "3", "--eval.every", "2",
           "--set", "tasks.0.eval_size=12", "--set", "tasks.1.eval_size=12",
@@ -83,3 +84,7 @@ def test_embedded_default_runs_end_to_end(tmp_path):
     # (the tiny model has not learned to copy the operands); docs/results.md. A warm start that
     # reverses nothing (seen after a float-level change to the warm-up) fails here.
     assert any(v["heldout_before"] > 0.05 for v in summary["tasks"].values()), summary
+    # The warm-up stops when its readiness check passes (the self-teacher reads the hint: greedy
+    # accuracy with it beats accuracy without by 0.5 at two checks in a row), before its cap.
+    (record,) = [warmup_record(p) for p in (tmp_path / "cache").glob("warmup-*")]
+    assert record["ready_at"] is not None and record["steps_run"] == record["ready_at"] < 400, record

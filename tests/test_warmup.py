@@ -1,21 +1,29 @@
-"""The supervised warm-up's examples: how tasks share it, which examples are privileged.
+"""The supervised warm-up: how tasks share it, which examples are privileged, and the readiness
+check that stops it.
 
-Built from the real built-in tasks, the real tiny tokenizer and the real injector; no training
-(the warm-up's training is exercised end to end by test_train_e2e.py).
+Built from the real built-in tasks, the real tiny tokenizer and model and the real injector and
+verifier (one stop-rule test scripts its accuracies); the whole warm-up is exercised end to end
+by test_train_e2e.py.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import random
+import warnings
 from collections import Counter
+from types import SimpleNamespace
 
 import pytest
+import torch
 
-from rlsd_core.config import TaskConfig
+from rlsd_core.config import TaskConfig, WarmupConfig
 from rlsd_core.data import TeacherPrompts, load_task
-from rlsd_core.loop import build_examples
-from rlsd_core.loop.warmup import task_rows
+from rlsd_core.loop import WarmupWarning, build_examples, train_supervised
+from rlsd_core.loop.evaluation import GreedyPair
+from rlsd_core.loop.warmup import ReadinessCheck, probe_rows, task_rows, warn_if_not_ready
 from rlsd_core.models import load_tiny
+from rlsd_core.rewards import build_scorer
 
 
 @pytest.fixture
@@ -60,14 +68,101 @@ def test_privileged_fraction_and_prompts(pm, tasks, tmp_path, monkeypatch):
     assert again == examples
 
 
-def test_mix_rows_keeps_the_old_cache_key():
+def test_options_at_their_old_behaviour_keep_the_old_cache_key():
     from rlsd_core.config import WarmupConfig
-    from rlsd_core.loop.warmup import key_settings
+    from rlsd_core.loop.warmup import CHECK_FIELDS, key_settings
 
-    # A warm-up cached before `mix` existed was keyed on these fields only.
-    assert set(key_settings(WarmupConfig())) == {"enabled", "steps", "batch_size", "lr",
-                                                 "privileged_fraction"}
-    assert key_settings(WarmupConfig(mix="weight"))["mix"] == "weight"
+    # A warm-up cached before `mix` and the readiness check existed was keyed on these fields only.
+    old = {"enabled", "steps", "batch_size", "lr", "privileged_fraction"}
+    assert set(key_settings(WarmupConfig(check_every=0, ready_gain=0.9))) == old
+    assert key_settings(WarmupConfig(mix="weight", check_every=0))["mix"] == "weight"
+    assert set(key_settings(WarmupConfig())) == old | set(CHECK_FIELDS)
+
+
+def test_probe_rows_are_a_seeded_sample_of_training_rows(tasks):
+    rows = probe_rows(tasks, 32, seed=0)
+    for task in tasks:
+        ids = [r["id"] for r in rows[task.name]]
+        assert len(set(ids)) == 32 and set(ids) <= {r["id"] for r in task.train}
+    assert probe_rows(tasks, 32, seed=0) == rows and probe_rows(tasks, 32, seed=1) != rows
+    small = dataclasses.replace(tasks[0], train=tasks[0].train[:5])
+    assert probe_rows([small], 32, seed=0) == {"addition": small.train}
+
+
+class _Scripted:
+    """greedy_pair's stand-in: each call returns the next scripted (student, teacher) accuracy."""
+
+    def __init__(self, script):
+        self.script = iter(script)
+
+    def __call__(self, engine, tokenizer, prompts, name, rows, scorer, max_new_tokens, vision=None):
+        s, t = next(self.script)
+        n = len(rows)
+        return GreedyPair(student_ok=[i < s * n for i in range(n)], teacher_ok=[i < t * n for i in range(n)],
+                          teacher_texts=[""] * n, hints=[""] * n)
+
+
+class _Engine:
+    def close(self):
+        pass
+
+
+def test_readiness_needs_the_gain_at_consecutive_checks(monkeypatch):
+    """Plumbing of the stop rule, with scripted accuracies (the real check is below)."""
+    import rlsd_core.loop.warmup as W
+
+    monkeypatch.setattr(W, "make_engine", lambda *a, **k: _Engine())
+    # A gain of 0.5 at step 10, a dip at 15, then 0.5 and 0.75: ready at the second of those.
+    monkeypatch.setattr(W, "greedy_pair", _Scripted([(0, 0), (0, 0.5), (0.25, 0.5), (0, 0.5), (0.25, 1.0)]))
+    cfg = WarmupConfig(check_every=5, ready_gain=0.5, ready_checks=2)
+    model = torch.nn.Linear(2, 2)
+    seen = []
+    check = W.ReadinessCheck(model, None, SimpleNamespace(vision=None), {"t": None},
+                             {"t": [{}] * 4}, cfg, 8, on_check=seen.append)
+    stopped = next(step for step in range(1, 40) if check(step))
+    assert stopped == 25 and check.ready_at == 25
+    assert [r.step for r in seen] == [5, 10, 15, 20, 25]
+    assert [r.gain for r in seen] == [0.0, 0.5, 0.25, 0.5, 0.75]
+    assert model.training  # handed back in train mode
+
+
+def test_readiness_check_only_observes(pm, tmp_path, monkeypatch):
+    """The real check (tiny model, real greedy decoding and verifiers) leaves the warm-up's
+    trajectory bit for bit as it was: same losses and weights with and without it."""
+    monkeypatch.setenv("RLSD_CACHE", str(tmp_path))
+    model, tok = load_tiny()
+    task = load_task(TaskConfig(name="reverse", source="reverse", train_size=200, eval_size=20),
+                     pm.registry, seed=0)
+    prompts = TeacherPrompts([task], {"reference_answer": pm.registry.injector("reference_answer")}, tok)
+    examples = build_examples([task], tok, prompts.messages, privileged_fraction=0.5, seed=0)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    runs = []
+    for checking in (False, True):
+        model.load_state_dict(start)
+        check = ReadinessCheck(model, tok, prompts, {"reverse": build_scorer(task, pm.registry)},
+                               {"reverse": task.train[:8]}, WarmupConfig(check_every=2, ready_gain=1.0),
+                               8) if checking else None
+        losses = train_supervised(model, examples, steps=6, batch_size=8, lr=2e-3, seed=0,
+                                  pad_id=tok.pad_token_id, stop=check)
+        runs.append((losses, {k: v.clone() for k, v in model.state_dict().items()}))
+        if checking:
+            assert [r.step for r in check.history] == [2, 4, 6] and check.ready_at is None
+    (l0, w0), (l1, w1) = runs
+    assert l0 == l1 and len(l0) == 6
+    assert all(torch.equal(w0[k], w1[k]) for k in w0)
+
+
+def test_a_warmup_that_never_passes_warns_with_its_numbers(tmp_path):
+    record = {"steps_run": 400, "ready_at": None,
+              "settings": {"warmup": {"ready_gain": 0.5, "ready_checks": 2}},
+              "checks": [{"step": 25, "accuracy": {"reverse": [0.0, 0.0]}},
+                         {"step": 50, "accuracy": {"reverse": [0.03, 0.31]}}]}
+    with pytest.warns(WarmupWarning, match=r"400 steps .*step 50: .*reverse 3% -> 31%.*gain of 0.5 at 2"):
+        warn_if_not_ready(record, tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_if_not_ready({**record, "ready_at": 50}, tmp_path)   # passed: silent
+        warn_if_not_ready({**record, "checks": []}, tmp_path)    # no check ran: silent
 
 
 def test_reverse_decoys_change_only_the_student_target():

@@ -130,13 +130,24 @@ class WarmupProgress:
                                    "cached afterwards)")
                 self.progress = Progress(TextColumn("[bold]warm-up[/bold]"), BarColumn(),
                                          MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.3f}"),
+                                         TextColumn("{task.fields[check]}"),
                                          TimeElapsedColumn(), console=self.console)
                 self.progress.start()
-                self.task = self.progress.add_task("warmup", total=payload["steps"], loss=0.0)
+                self.task = self.progress.add_task("warmup", total=payload["steps"], loss=0.0, check="")
             self.progress.update(self.task, completed=payload["step"], loss=payload["loss"])
-        elif event == "warmup_done" and self.progress is not None:
-            self.progress.stop()
-            self.progress = None
+        elif event == "warmup_check" and self.progress is not None:
+            # Greedy accuracy on the held-back rows without -> with the privileged prompt.
+            shown = ", ".join(f"{name} {100 * s:.0f}->{100 * t:.0f}%"
+                              for name, (s, t) in payload["accuracy"].items())
+            self.progress.update(self.task, check=f"hint: {shown}")
+        elif event == "warmup_done":
+            if self.progress is not None:
+                self.progress.stop()
+                self.progress = None
+                ran, ready = payload.get("steps_run"), payload.get("ready_at")
+                if ready is not None:
+                    self.console.print(f"warm-up: stopped at step {ran} of {payload['steps']}: the "
+                                       f"self-teacher reads the hint (readiness check passed)")
         elif event == "teacher_check":
             self.teacher_check(payload)
 

@@ -26,10 +26,11 @@ from .teacher import Teacher
 from .teacher_check import (TaskCheck, TeacherCheckReport, TeacherCheckWarning, check_config,
                             check_tasks, run_check)
 from .trainer import evaluate, summarize, train
-from .warmup import build_examples, train_supervised, warmed_up_dir
+from .warmup import WarmupWarning, build_examples, train_supervised, warmed_up_dir, warmup_record
 
 __all__ = ["CheckpointError", "Credit", "Parts", "Progress", "Rollout", "Run", "Schedule",
            "ScheduleSlot", "StepBatch", "TaskCheck", "Teacher", "TeacherCheckReport",
-           "TeacherCheckWarning", "Verified", "build_examples", "check_config", "check_tasks", "draw_rows",
+           "TeacherCheckWarning", "Verified", "WarmupWarning", "build_examples", "check_config", "check_tasks", "draw_rows",
            "evaluate", "evaluate_task", "load_policy", "pass_at_k", "run_check", "setup", "summarize",
-           "task_counts", "train", "train_step", "train_supervised", "warmed_up_dir"]
+           "task_counts", "train", "train_step", "train_supervised", "warmed_up_dir",
+           "warmup_record"]

@@ -17,11 +17,13 @@ solved: an evaluation must not silently shrink its denominator.
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from math import comb
 from typing import Callable, Sequence
 
-from ..data import TaskData, encode_student_prompts
+from ..data import TaskData, TeacherPrompts, encode_student_prompts
 from ..engines import SamplingParams
+from ..verdict import Category
 
 CHUNK = 32  # prompts per generate call: progress granularity and bounded memory
 
@@ -79,3 +81,49 @@ def evaluate_task(engine, tokenizer, task: TaskData, verifier, *, max_new_tokens
         for k in ks:
             out[f"pass@{k}"] = sum(pass_at_k(samples, c, k) for c in correct) / len(rows)
     return out
+
+
+def greedy_texts(engine, tokenizer, prompts: list[list[int]], max_new_tokens: int,
+                 vision: list | None = None, chunk: int = CHUNK) -> list[str]:
+    """Greedy responses to encoded prompts (`vision`: their pixel inputs, one per prompt)."""
+    params = SamplingParams(n=1, temperature=0.0, max_new_tokens=max_new_tokens,
+                            stop_token_ids=(tokenizer.eos_token_id,))
+    texts = []
+    for lo in range(0, len(prompts), chunk):
+        images = {} if vision is None else {"vision": vision[lo:lo + chunk]}
+        for group in engine.generate(prompts[lo:lo + chunk], params, **images):
+            texts.append(tokenizer.decode(group[0].token_ids, skip_special_tokens=True))
+    return texts
+
+
+@dataclass
+class GreedyPair:
+    """Greedy answers to the same rows from the student prompt and from the teacher prompt."""
+
+    student_ok: list[bool]
+    teacher_ok: list[bool]
+    teacher_texts: list[str]
+    hints: list[str]  # what only the teacher saw, per row
+
+    @property
+    def acc_student(self) -> float:
+        return sum(self.student_ok) / max(1, len(self.student_ok))
+
+    @property
+    def acc_teacher(self) -> float:
+        return sum(self.teacher_ok) / max(1, len(self.teacher_ok))
+
+
+def greedy_pair(engine, tokenizer, prompts: TeacherPrompts, task_name: str, rows: Sequence[dict],
+                scorer, max_new_tokens: int, vision=None) -> GreedyPair:
+    """Greedy accuracy of `rows` with and without the privileged context: the greedy part of
+    the teacher check, and the warm-up's readiness check. A group injector gets an empty group."""
+    student, pixels = encode_student_prompts(tokenizer, rows, vision)
+    pairs = [prompts.prompt(task_name, r) for r in rows]  # (ids, what only the teacher saw)
+
+    def ok(texts: list[str]) -> list[bool]:
+        return [v.category == Category.OK for v in scorer.score(texts, rows)]
+
+    t_texts = greedy_texts(engine, tokenizer, [ids for ids, _ in pairs], max_new_tokens, pixels)
+    return GreedyPair(student_ok=ok(greedy_texts(engine, tokenizer, student, max_new_tokens, pixels)),
+                      teacher_ok=ok(t_texts), teacher_texts=t_texts, hints=[hint for _, hint in pairs])

@@ -40,7 +40,7 @@ from .faults import InfraGuard
 from .optim import build_optimizer
 from .schedule import Schedule
 from .teacher import Teacher
-from .warmup import warmed_up_dir
+from .warmup import warmed_up_dir, warmup_record
 
 Reporter = Callable[[str, dict], None]  # (event, payload): warm-up progress, messages
 
@@ -194,10 +194,11 @@ def prepare_policy(model, cfg: TrainConfig, device: torch.device):
 
 
 def load_policy(cfg: TrainConfig, tasks: list[TaskData], injectors, reporter: Reporter,
-                device: torch.device | str = "cpu"):
+                device: torch.device | str = "cpu", scorers: dict | None = None):
     """The policy to train, its tokenizer and its vision prompter (None for a text model): the
     given model, or the embedded tiny one (text or VLM) after its (cached) warm-up, which trains
-    on `device`."""
+    on `device` and stops when its readiness check passes (`scorers` score the check; without
+    them the warm-up runs all its steps)."""
     # 'tiny', 'tiny-vlm', 'smollm2-135m-instruct', GGUF files, model directories and hub ids all
     # become a local directory here (rlsd_core.models).
     spec = model_spec(cfg, tasks)
@@ -205,13 +206,17 @@ def load_policy(cfg: TrainConfig, tasks: list[TaskData], injectors, reporter: Re
     is_tiny = spec in ("tiny", "tiny-vlm")
     warm = cfg.warmup.enabled == "true" or (cfg.warmup.enabled == "auto" and is_tiny)
     if warm and cfg.warmup.steps > 0:
-        prompts = TeacherPrompts(tasks, injectors, load_tokenizer(path))
+        prompts = TeacherPrompts(tasks, injectors, load_tokenizer(path), load_vision(path))
         reporter("warmup_start", {"steps": cfg.warmup.steps})
         path = str(warmed_up_dir(
-            Path(path), tasks, prompts.messages, cfg.warmup, seed=cfg.seed,
+            Path(path), tasks, prompts, cfg.warmup, seed=cfg.seed, scorers=scorers,
+            max_new_tokens=cfg.eval.max_new_tokens,
             on_step=lambda i, n, loss: reporter("warmup_step", {"step": i, "steps": n, "loss": loss}),
+            on_check=lambda r: reporter("warmup_check", r.to_dict()),
             on_cached=lambda p: reporter("warmup_cached", {"path": str(p)}), device=device))
-        reporter("warmup_done", {"path": path})
+        record = warmup_record(path)
+        reporter("warmup_done", {"path": path, "steps_run": record.get("steps_run"),
+                                 "ready_at": record.get("ready_at"), "steps": cfg.warmup.steps})
     model = load_model(path, cfg.model.dtype)
     vision = load_vision(path)
     if vision is None and any(has_images(t) for t in tasks):
@@ -245,7 +250,7 @@ def setup(cfg: TrainConfig, pm: PluginManager | None = None, *, reporter: Report
     if not world.is_main:  # one rank reports: observers, console and warm-up progress
         reporter, pm = quiet, distributed.observers(world, pm)
     with distributed.main_first(world):  # rank 0 builds and caches the model, the others load it
-        model, tokenizer, vision = load_policy(cfg, tasks, injectors, reporter, device)
+        model, tokenizer, vision = load_policy(cfg, tasks, injectors, reporter, device, scorers)
     model = prepare_policy(model, cfg, device)
 
     scoring.check(cfg, model, use_bf16(cfg, device))

@@ -48,13 +48,13 @@ from ..engines import SamplingParams
 from ..leakage import leakage
 from ..models import token_logprobs
 from ..verdict import Category, Verdict
+from .evaluation import greedy_pair
 from .teacher import Teacher
 
 VERDICTS = ("informative", "uninformative", "harmful")  # ordered best to worst
 MIN_AUROC = 0.6    # a useful separation of right from wrong, not only a significant one
 MIN_GAP = 0.5      # delta right - delta wrong must reach this fraction of the clip range ln(1 + eps_w)
 Z = 2.0            # "significant": beyond two standard errors
-CHUNK = 32         # prompts per generate call
 
 
 class TeacherCheckWarning(UserWarning):
@@ -245,17 +245,6 @@ def _images(vision: list | None, lo: int = 0, hi: int | None = None) -> dict:
     return {} if vision is None else {"vision": vision[lo:hi]}
 
 
-def _greedy(engine, tokenizer, prompts: list[list[int]], max_new_tokens: int,
-            vision: list | None = None) -> list[str]:
-    params = SamplingParams(n=1, temperature=0.0, max_new_tokens=max_new_tokens,
-                            stop_token_ids=(tokenizer.eos_token_id,))
-    texts = []
-    for lo in range(0, len(prompts), CHUNK):
-        for group in engine.generate(prompts[lo:lo + CHUNK], params, **_images(vision, lo, lo + CHUNK)):
-            texts.append(tokenizer.decode(group[0].token_ids, skip_special_tokens=True))
-    return texts
-
-
 def _ok(verdicts: Sequence[Verdict]) -> list[bool]:
     return [v.category == Category.OK for v in verdicts]
 
@@ -278,19 +267,14 @@ def _teacher_ids(prompts: TeacherPrompts, task: TaskData, rows, texts, verdicts,
 
 
 def _greedy_part(model_parts: dict, task: TaskData, scorer, settings: Settings) -> dict:
-    """Greedy accuracy with and without the privileged context; leakage of the teacher outputs.
-    A group injector (one that reads sibling responses) gets an empty group here."""
-    tok, engine, prompts = model_parts["tokenizer"], model_parts["engine"], model_parts["prompts"]
+    """Greedy accuracy with and without the privileged context; leakage of the teacher outputs."""
     rows = task.eval[:settings.rows]
-    student, pixels = encode_student_prompts(tok, rows, model_parts["vision"])
-    pairs = [prompts.prompt(task.name, r) for r in rows]  # (ids, what only the teacher saw)
-    teacher, hints = [ids for ids, _ in pairs], [hint for _, hint in pairs]
-    s_ok = _ok(scorer.score(_greedy(engine, tok, student, settings.eval_max_new_tokens, pixels), rows))
-    t_texts = _greedy(engine, tok, teacher, settings.eval_max_new_tokens, pixels)
-    t_ok = _ok(scorer.score(t_texts, rows))
-    leaks = sum(bool(leakage(text, hint, row["prompt"])) for text, hint, row in zip(t_texts, hints, rows))
-    return {"rows": len(rows), "acc_student": sum(s_ok) / len(rows), "acc_teacher": sum(t_ok) / len(rows),
-            "acc_gain_se": paired_se(s_ok, t_ok), "leakage": leaks}
+    pair = greedy_pair(model_parts["engine"], model_parts["tokenizer"], model_parts["prompts"],
+                       task.name, rows, scorer, settings.eval_max_new_tokens, model_parts["vision"])
+    leaks = sum(bool(leakage(text, hint, row["prompt"]))
+                for text, hint, row in zip(pair.teacher_texts, pair.hints, rows))
+    return {"rows": len(rows), "acc_student": pair.acc_student, "acc_teacher": pair.acc_teacher,
+            "acc_gain_se": paired_se(pair.student_ok, pair.teacher_ok), "leakage": leaks}
 
 
 def _sampled_part(model_parts: dict, task: TaskData, scorer, settings: Settings, eps_w: float) -> dict:
@@ -419,17 +403,19 @@ def check_config(cfg, pm, *, rows: int, sample_rows: int, reporter=None,
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = pick_device(cfg)
-    model, tokenizer, vision = load_policy(cfg, tasks, injectors, reporter or quiet, device)
-    model.to(device)
-    engine = make_engine(cfg.rollout.engine, model, tokenizer, **cfg.rollout.engine_options)
     scorers = {t.name: build_scorer(t, registry) for t in tasks}
+    engine = None
     try:
+        model, tokenizer, vision = load_policy(cfg, tasks, injectors, reporter or quiet, device, scorers)
+        model.to(device)
+        engine = make_engine(cfg.rollout.engine, model, tokenizer, **cfg.rollout.engine_options)
         return check_tasks(model=model, tokenizer=tokenizer, engine=engine, teacher=None, tasks=tasks,
                            scorers=scorers, prompts=TeacherPrompts(tasks, injectors, tokenizer, vision),
                            eps_w=configured_eps_w(cfg, registry, [t.name for t in tasks]),
                            settings=settings_for(cfg, rows=rows, sample_rows=sample_rows),
                            on_task=on_task, vision=vision)
     finally:
-        engine.close()
+        if engine is not None:
+            engine.close()
         for scorer in scorers.values():
             scorer.close()

@@ -13,6 +13,19 @@ teacher harmful (measured on this model family: greedy accuracy with the hint fe
 prompts into the warm-up keeps the teacher in distribution, so delta = log P_T - log P_S carries
 per-token information (see shared/spec/environment.md, "reference experiment").
 
+When to stop: the tiny model learns to copy the reference out of its privileged prompt (and so to
+reverse words) in a sudden jump, whose step moves with float-level details of the run (the
+default's: about step 250; a loss computed to the same 5e-7 another way, or 32 rows per task
+left out of the examples, put it past step 400). Steps after the jump cost time, and a warm-up
+that ends before it leaves a teacher that reads nothing. So every `check_every` steps the
+warm-up reads a few training rows per task (`probe_rows`) greedily with and without the
+privileged prompt (`evaluation.greedy_pair`, as the teacher check does) and stops once some
+task's accuracy with the hint exceeds its accuracy without by `ready_gain` at `ready_checks`
+checks in a row: the self-teacher reads the hint, which is what RLSD needs of it. `steps` is
+then a cap; a warm-up that reaches it without passing warns (`WarmupWarning`). The check only
+observes (eval mode, no gradients, the torch RNG state restored), so it never changes the
+trajectory it watches.
+
 The cache key is a content hash of everything that decides the result: the base model's files,
 the warm-up settings, the task settings and the exact text of a sample of rendered student and
 teacher prompts (so an edited template or injector gives a new cache entry, never a stale one).
@@ -20,6 +33,7 @@ teacher prompts (so an edited template or injector gives a new cache entry, neve
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -27,15 +41,24 @@ import os
 import random
 import shutil
 import time
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from ..data import encode_prompt, student_messages
+from ..data import TeacherPrompts, encode_prompt, student_messages
+from ..engines import make_engine
 from ..models import cache_root, forward_kwargs, load_model, load_vision
+from .evaluation import greedy_pair
 
 WARMUP_VERSION = 1
+CHECK_FIELDS = ("check_every", "check_rows", "ready_gain", "ready_checks")
+
+
+class WarmupWarning(UserWarning):
+    """The warm-up reached its step cap and no task's self-teacher read its hint."""
 
 
 def task_rows(tasks, mix: str, rng: random.Random) -> list[tuple[Any, dict]]:
@@ -92,8 +115,103 @@ def build_examples(tasks, tokenizer, teacher_messages: Callable[[str, dict], lis
 
 def key_settings(cfg) -> dict:
     """The warm-up config as it enters the cache key. `mix` at its original behaviour ("rows")
-    stays out, so that warm-ups cached before the option existed are still found."""
-    return cfg.model_dump(exclude={"mix"} if cfg.mix == "rows" else None)
+    and the readiness check's settings when it is off (`check_every` 0: all `steps` run, as
+    before the check existed) stay out, so that warm-ups cached before those options existed are still found."""
+    exclude = ({"mix"} if cfg.mix == "rows" else set()) | (set(CHECK_FIELDS) if not cfg.check_every else set())
+    return cfg.model_dump(exclude=exclude or None)
+
+
+# ---------------------------------------------------------------------------------------------
+# the readiness check
+# ---------------------------------------------------------------------------------------------
+
+def probe_rows(tasks, n: int, seed: int) -> dict[str, list[dict]]:
+    """{task name: the readiness check's rows}: `n` training rows per task (all of a smaller
+    task's), a seeded sample. They stay in the warm-up's examples: holding them back changes the
+    examples and so the trajectory (measured: the default's warm-up with 32 rows per task held
+    back never learnt to reverse in 400 steps), and what the check detects, the model copying
+    the reference out of its prompt, is not something a row can be memorised into."""
+    rng = random.Random(f"warmup-check-{seed}")
+    return {task.name: [task.train[i] for i in sorted(rng.sample(range(len(task.train)), min(n, len(task.train))))]
+            for task in tasks if task.train}
+
+
+@dataclass
+class Readiness:
+    """One readiness check: each probed task's greedy accuracy (without, with) the privileged prompt."""
+
+    step: int
+    accuracy: dict[str, tuple[float, float]]
+
+    @property
+    def gain(self) -> float:
+        return max((t - s for s, t in self.accuracy.values()), default=0.0)
+
+    def to_dict(self) -> dict:
+        return {"step": self.step, "accuracy": {k: list(v) for k, v in self.accuracy.items()}}
+
+
+@dataclass
+class ReadinessCheck:
+    """The warm-up's stop rule (see the module doc), called after every step with its number."""
+
+    model: Any
+    tokenizer: Any
+    prompts: TeacherPrompts
+    scorers: Mapping[str, Any]
+    rows: dict[str, list[dict]]
+    cfg: Any  # WarmupConfig
+    max_new_tokens: int
+    on_check: Callable[[Readiness], None] | None = None
+    history: list[Readiness] = field(default_factory=list)
+    ready_at: int | None = None
+
+    def __call__(self, step: int) -> bool:
+        if not self.rows or step % self.cfg.check_every:
+            return False
+        engine = make_engine("hf", self.model, self.tokenizer)
+        self.model.eval()
+        try:
+            with torch.random.fork_rng(devices=[]), torch.no_grad():
+                pairs = {name: greedy_pair(engine, self.tokenizer, self.prompts, name, rows,
+                                           self.scorers[name], self.max_new_tokens, self.prompts.vision)
+                         for name, rows in self.rows.items()}
+        finally:
+            engine.close()
+            self.model.train()
+        self.history.append(Readiness(step, {n: (p.acc_student, p.acc_teacher) for n, p in pairs.items()}))
+        if self.on_check is not None:
+            self.on_check(self.history[-1])
+        recent = self.history[-self.cfg.ready_checks:]
+        if len(recent) == self.cfg.ready_checks and all(r.gain >= self.cfg.ready_gain for r in recent):
+            self.ready_at = step
+        return self.ready_at is not None
+
+
+def warn_if_not_ready(record: dict, path: Path) -> None:
+    """The `WarmupWarning` of a warm-up that ran its checks and never passed (`warmup.json`)."""
+    checks = record.get("checks") or []
+    if not checks or record.get("ready_at") is not None:
+        return
+    best = max(checks, key=lambda c: max((t - s for s, t in c["accuracy"].values()), default=0.0))
+    numbers = ", ".join(f"{name} {100 * s:.0f}% -> {100 * t:.0f}%" for name, (s, t) in best["accuracy"].items())
+    wanted = record.get("settings", {}).get("warmup", {})
+    warnings.warn(
+        f"warm-up ({path}): {record.get('steps_run')} steps and no task's self-teacher read its "
+        f"hint (best check, step {best['step']}: greedy without -> with the privileged prompt: "
+        f"{numbers}; ready needs a gain of {wanted.get('ready_gain')} at "
+        f"{wanted.get('ready_checks')} checks in a row). RL on this warm start may learn nothing; "
+        f"raise warmup.steps, or look at the task's injector with `rlsd check-teacher`.",
+        WarmupWarning, stacklevel=2)
+
+
+def warmup_record(path: str | Path) -> dict:
+    """What a cached warm-up's `warmup.json` says (steps run, the checks, where it stopped);
+    {} for a directory that is not a warm-up."""
+    try:
+        return json.loads((Path(path) / "warmup.json").read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def cache_key(base_dir: Path, settings: dict, samples: Sequence[str]) -> str:
@@ -140,9 +258,11 @@ def _bucketed_batches(examples, batch_size: int, rng: random.Random) -> list[lis
 
 
 def train_supervised(model, examples, *, steps: int, batch_size: int, lr: float, seed: int,
-                     pad_id: int, on_step: Callable[[int, int, float], None] | None = None) -> list[float]:
-    """Teacher-forced cross-entropy on target tokens; AdamW, linear warm-up then cosine decay.
-    Runs on the model's device (fp32)."""
+                     pad_id: int, on_step: Callable[[int, int, float], None] | None = None,
+                     stop: Callable[[int], bool] | None = None) -> list[float]:
+    """Teacher-forced cross-entropy on target tokens; AdamW, linear warm-up then cosine decay
+    over `steps`. Runs on the model's device (fp32). `stop(step)`, asked after every step,
+    ends the run early when it returns True (the schedule still spans `steps`)."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
@@ -174,52 +294,69 @@ def train_supervised(model, examples, *, steps: int, batch_size: int, lr: float,
         losses.append(out.loss.item())
         if on_step is not None:
             on_step(step + 1, steps, losses[-1])
+        if stop is not None and stop(step + 1):
+            break
     model.eval()
     return losses
 
 
-def warmed_up_dir(base_dir: Path, tasks, teacher_messages, cfg, *, seed: int,
-                  on_step=None, on_cached: Callable[[Path], None] | None = None,
+def warmed_up_dir(base_dir: Path, tasks, prompts: TeacherPrompts, cfg, *, seed: int,
+                  scorers: Mapping[str, Any] | None = None, max_new_tokens: int = 16,
+                  on_step=None, on_check: Callable[[Readiness], None] | None = None,
+                  on_cached: Callable[[Path], None] | None = None,
                   device: str | torch.device = "cpu") -> Path:
     """Return the directory of the warmed-up model, training it first (on `device`) if it is
     not cached. The device is not part of the cache key: a warm-up made on a GPU serves a CPU
     run and the other way round (they differ in the last bits, not in what they learned).
 
-    `cfg` is `rlsd_core.config.WarmupConfig`; `teacher_messages(task_name, row)` is
-    `rlsd_core.data.TeacherPrompts.messages`. Writes atomically (temporary directory + rename)
-    so an interrupted warm-up never leaves a half-written cache entry.
+    `cfg` is `rlsd_core.config.WarmupConfig`; `prompts` builds each task's teacher prompt with
+    its injector (`rlsd_core.data.TeacherPrompts` on the base model's tokenizer and vision
+    prompter); `scorers` ({task name: scorer}, `rlsd_core.rewards.build_scorer`) score the
+    readiness check's greedy answers of at most `max_new_tokens` tokens; without them, or with
+    `cfg.check_every` 0, all `cfg.steps` run. Writes atomically
+    (temporary directory + rename) so an interrupted warm-up never leaves a half-written cache
+    entry; `warmup.json` in it records the checks and where the warm-up stopped.
     """
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    tokenizer = prompts.tokenizer
     vision = load_vision(str(base_dir))
-    examples = build_examples(tasks, tokenizer, teacher_messages,
+    checking = bool(cfg.check_every) and scorers is not None
+    check_rows = probe_rows(tasks, cfg.check_rows, seed) if checking else {}
+    examples = build_examples(tasks, tokenizer, prompts.messages,
                               privileged_fraction=cfg.privileged_fraction, seed=seed, mix=cfg.mix,
                               vision=vision)
     settings = {"warmup": key_settings(cfg), "seed": seed,
                 "tasks": [(t.name, len(t.train), t.train[:3], t.eval[:3]) for t in tasks]}
+    if checking:
+        settings["check_max_new_tokens"] = max_new_tokens
     samples = [tokenizer.decode(p + t) for p, t, _ in examples[:16]]
     out = cache_root() / f"warmup-{cache_key(base_dir, settings, samples)}"
     if (out / "config.json").exists():
         if on_cached is not None:
             on_cached(out)
+        warn_if_not_ready(warmup_record(out), out)
         return out
     model = load_model(str(base_dir), "float32").to(device)
+    check = ReadinessCheck(model, tokenizer, prompts, scorers or {}, check_rows, cfg, max_new_tokens,
+                           on_check=on_check) if checking else None
     started = time.perf_counter()
     losses = train_supervised(model, examples, steps=cfg.steps, batch_size=cfg.batch_size,
-                              lr=cfg.lr, seed=seed, pad_id=tokenizer.pad_token_id, on_step=on_step)
+                              lr=cfg.lr, seed=seed, pad_id=tokenizer.pad_token_id, on_step=on_step,
+                              stop=check)
+    record = {"settings": settings, "final_loss": losses[-1] if losses else None,
+              "seconds": round(time.perf_counter() - started, 1), "examples": len(examples),
+              "steps_run": len(losses), "ready_at": check.ready_at if check else None,
+              "checks": [r.to_dict() for r in check.history] if check else [],
+              "check_rows": {name: len(rows) for name, rows in check_rows.items()}}
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     if vision is not None:
         vision.save(tmp)
-    (tmp / "warmup.json").write_text(json.dumps({
-        "settings": settings, "final_loss": losses[-1] if losses else None,
-        "seconds": round(time.perf_counter() - started, 1), "examples": len(examples)},
-        indent=1, default=str))
+    (tmp / "warmup.json").write_text(json.dumps(record, indent=1, default=str))
     try:
         tmp.replace(out)
     except OSError:  # a concurrent run finished the same warm-up first; its copy is identical
         shutil.rmtree(tmp, ignore_errors=True)
+    warn_if_not_ready(record, out)
     return out
