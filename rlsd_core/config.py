@@ -304,8 +304,8 @@ class DistributedConfig(_Section):
 
 class TrainConfig(_Section):
     seed: int = Field(0, description="Seed for torch, task generation and sampling.")
-    # 24 steps: the embedded default's cold run (model, 400-step warm-up, check, RL) took 5:02
-    # to 5:46 on a 2-core CPU on 2026-11-30, over its 5-minute budget; each RL step ~2 s.
+    # 24 steps: the embedded default's cold run (model, warm-up stopped by its readiness check at
+    # step 275, check, RL) took 3:52 on a 2-core CPU on 2026-11-30 (budget 5:00); each RL step ~2 s.
     steps: int = Field(24, ge=1, description="RL steps (rollout batches).")
     output_dir: str = Field("runs/{timestamp}",
                             description="Run directory; {timestamp} is replaced.")

@@ -10,8 +10,10 @@
     trainer.py    train: evaluation, steps, observers, checkpoints, summary
     teacher.py    the teacher weights (snapshot, live, EMA) and teacher scoring
     checkpoint.py atomic checkpoints and resume
-    evaluation.py held-out greedy accuracy and pass@k (also `rlsd eval`)
-    warmup.py     the cached supervised warm-up of the embedded default
+    evaluation.py held-out greedy accuracy and pass@k (also `rlsd eval`); greedy accuracy with
+                  and without the privileged prompt (teacher check, warm-up readiness)
+    warmup.py     the cached supervised warm-up of the embedded default, stopped when the
+                  self-teacher reads the hint (its readiness check)
     distributed.py data parallel under torchrun: process group, FSDP2, the ranks' rows and sums
     teacher_check.py  is the self-teacher informative? (`rlsd check-teacher`, the step-0 check)
 """

@@ -12,6 +12,10 @@ responses per prompt at `temperature`, seeded) -> decoded text -> the task's ver
              averaged over rows (Chen et al. 2021, the HumanEval paper)
 Infrastructure faults (sandbox or verifier errors) are counted in `infra`, and count as not
 solved: an evaluation must not silently shrink its denominator.
+
+`greedy_pair` answers the same rows greedily from the student prompt and from the teacher's
+privileged prompt: the greedy half of the teacher check (`teacher_check.py`) and the warm-up's
+readiness check (`warmup.py`).
 """
 
 from __future__ import annotations

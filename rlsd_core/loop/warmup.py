@@ -33,7 +33,6 @@ teacher prompts (so an edited template or injector gives a new cache entry, neve
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import math
