@@ -242,6 +242,11 @@ def report(results: dict, out: Path) -> tuple[list[str], list[str]]:
             failures.append(f"{name}: steps had a gradient but no weight moved")
         if not signal and moved:
             failures.append(f"{name}: no step had a gradient, yet {moved} tensors moved")
+    w = results.get("warmup")
+    if w:
+        lines.append(f"- tiny warm-up: {w['steps_run']} steps in {w['seconds']} s, "
+                     + (f"stopped by its readiness check at step {w['ready_at']}" if w["ready_at"]
+                        else "the readiness check never passed (WarmupWarning)"))
     if "tiny" in results["moved"] and not results["moved"]["tiny"][2]:
         note = "tiny: no step had a reward signal (the warm-up should give mixed groups)"
         if results.get("small"):
@@ -346,6 +351,9 @@ def analyse(args, out: Path, work: Path, tiny_kw: dict, big_kw: dict) -> dict:
             results["moved"][name] = (*weights_moved(before, run_dir), signal)
 
     warm = sorted((work / "cache").glob("warmup-*"))
+    if warm:  # where the warm-up's readiness check stopped it on this device (or that it never passed)
+        record = json.loads((warm[0] / "warmup.json").read_text())
+        results["warmup"] = {k: record.get(k) for k in ("steps_run", "ready_at", "seconds")}
     tiny_dir, big_dir = work / "runs" / "tiny", work / "runs" / "qwen05"
     guarded("tiny weights", lambda: moved("tiny", warm[0] if warm else Path(saved["tiny"]),
                                           tiny_dir, f"tiny-{dev}"))
