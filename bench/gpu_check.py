@@ -246,7 +246,8 @@ def report(results: dict, out: Path) -> tuple[list[str], list[str]]:
     if w:
         lines.append(f"- tiny warm-up: {w['steps_run']} steps in {w['seconds']} s, "
                      + (f"stopped by its readiness check at step {w['ready_at']}" if w["ready_at"]
-                        else "the readiness check never passed (WarmupWarning)"))
+                        else f"the readiness check never passed in {w['checks']} checks (WarmupWarning)"
+                        if w["checks"] else "no readiness check ran (fewer steps than warmup.check_every)"))
     if "tiny" in results["moved"] and not results["moved"]["tiny"][2]:
         note = "tiny: no step had a reward signal (the warm-up should give mixed groups)"
         if results.get("small"):
@@ -353,7 +354,8 @@ def analyse(args, out: Path, work: Path, tiny_kw: dict, big_kw: dict) -> dict:
     warm = sorted((work / "cache").glob("warmup-*"))
     if warm:  # where the warm-up's readiness check stopped it on this device (or that it never passed)
         record = json.loads((warm[0] / "warmup.json").read_text())
-        results["warmup"] = {k: record.get(k) for k in ("steps_run", "ready_at", "seconds")}
+        results["warmup"] = {**{k: record.get(k) for k in ("steps_run", "ready_at", "seconds")},
+                             "checks": len(record.get("checks") or [])}
     tiny_dir, big_dir = work / "runs" / "tiny", work / "runs" / "qwen05"
     guarded("tiny weights", lambda: moved("tiny", warm[0] if warm else Path(saved["tiny"]),
                                           tiny_dir, f"tiny-{dev}"))
