@@ -41,6 +41,11 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - comb(n - c, k) / comb(n, k)
 
 
+def judged_ok(verdicts) -> list[bool]:
+    """Which verdicts are right (category `ok`): the one reading of "solved" for every count here."""
+    return [v.category == Category.OK for v in verdicts]
+
+
 def _generate(engine, tokenizer, rows: Sequence[dict], params: SamplingParams, chunk: int,
               on_chunk: Callable[[int], None] | None, vision=None) -> list[list[str]]:
     texts: list[list[str]] = []
@@ -71,7 +76,7 @@ def evaluate_task(engine, tokenizer, task: TaskData, verifier, *, max_new_tokens
     greedy = SamplingParams(n=1, temperature=0.0, max_new_tokens=max_new_tokens, stop_token_ids=stop)
     texts = [t[0] for t in _generate(engine, tokenizer, rows, greedy, chunk, on_chunk, vision)]
     verdicts = verifier.score(texts, rows)
-    correct = [v.category.value == "ok" for v in verdicts]
+    correct = judged_ok(verdicts)
     out = {"accuracy": sum(correct) / len(rows), "n": len(rows), "correct": correct,
            "infra": sum(v.is_infra for v in verdicts)}
     if samples and ks:
@@ -79,7 +84,7 @@ def evaluate_task(engine, tokenizer, task: TaskData, verifier, *, max_new_tokens
                                  stop_token_ids=stop, seed=seed)
         groups = _generate(engine, tokenizer, rows, sampled, chunk, on_chunk, vision)
         flat = verifier.score([t for g in groups for t in g], [r for r in rows for _ in range(samples)])
-        correct = [sum(v.category.value == "ok" for v in flat[i * samples:(i + 1) * samples])
+        correct = [sum(judged_ok(flat[i * samples:(i + 1) * samples]))
                    for i in range(len(rows))]
         out["infra"] += sum(v.is_infra for v in flat)
         for k in ks:
@@ -125,9 +130,8 @@ def greedy_pair(engine, tokenizer, prompts: TeacherPrompts, task_name: str, rows
     student, pixels = encode_student_prompts(tokenizer, rows, vision)
     pairs = [prompts.prompt(task_name, r) for r in rows]  # (ids, what only the teacher saw)
 
-    def ok(texts: list[str]) -> list[bool]:
-        return [v.category == Category.OK for v in scorer.score(texts, rows)]
-
+    s_texts = greedy_texts(engine, tokenizer, student, max_new_tokens, pixels)
     t_texts = greedy_texts(engine, tokenizer, [ids for ids, _ in pairs], max_new_tokens, pixels)
-    return GreedyPair(student_ok=ok(greedy_texts(engine, tokenizer, student, max_new_tokens, pixels)),
-                      teacher_ok=ok(t_texts), teacher_texts=t_texts, hints=[hint for _, hint in pairs])
+    return GreedyPair(student_ok=judged_ok(scorer.score(s_texts, rows)),
+                      teacher_ok=judged_ok(scorer.score(t_texts, rows)), teacher_texts=t_texts,
+                      hints=[hint for _, hint in pairs])

@@ -47,8 +47,8 @@ from ..data import TaskData, TeacherPrompts, encode_student_prompts
 from ..engines import SamplingParams
 from ..leakage import leakage
 from ..models import token_logprobs
-from ..verdict import Category, Verdict
-from .evaluation import greedy_pair
+from ..verdict import Verdict
+from .evaluation import greedy_pair, judged_ok
 from .teacher import Teacher
 
 VERDICTS = ("informative", "uninformative", "harmful")  # ordered best to worst
@@ -245,10 +245,6 @@ def _images(vision: list | None, lo: int = 0, hi: int | None = None) -> dict:
     return {} if vision is None else {"vision": vision[lo:hi]}
 
 
-def _ok(verdicts: Sequence[Verdict]) -> list[bool]:
-    return [v.category == Category.OK for v in verdicts]
-
-
 def _mean(values: torch.Tensor, mask: torch.Tensor) -> float | None:
     return float(values[mask].mean()) if bool(mask.any()) else None
 
@@ -289,7 +285,7 @@ def _sampled_part(model_parts: dict, task: TaskData, scorer, settings: Settings,
     resp = [list(g.token_ids) for group in groups for g in group]
     texts = [tok.decode(r, skip_special_tokens=True) for r in resp]
     verdicts = scorer.score(texts, [row for row in rows for _ in range(G)])
-    right = _ok(verdicts)
+    right = judged_ok(verdicts)
     t_ids = _teacher_ids(prompts, task, rows, texts, verdicts, G)
     s_ids = [p for p in student for _ in range(G)]
     each = None if pixels is None else [v for v in pixels for _ in range(G)]  # student's = teacher's

@@ -192,12 +192,12 @@ def warn_if_not_ready(record: dict, path: Path) -> None:
     checks = record.get("checks") or []
     if not checks or record.get("ready_at") is not None:
         return
-    best = max(checks, key=lambda c: max((t - s for s, t in c["accuracy"].values()), default=0.0))
-    numbers = ", ".join(f"{name} {100 * s:.0f}% -> {100 * t:.0f}%" for name, (s, t) in best["accuracy"].items())
+    best = max((Readiness(c["step"], c["accuracy"]) for c in checks), key=lambda r: r.gain)
+    numbers = ", ".join(f"{name} {100 * s:.0f}% -> {100 * t:.0f}%" for name, (s, t) in best.accuracy.items())
     wanted = record.get("settings", {}).get("warmup", {})
     warnings.warn(
         f"warm-up ({path}): {record.get('steps_run')} steps and no task's self-teacher read its "
-        f"hint (best check, step {best['step']}: greedy without -> with the privileged prompt: "
+        f"hint (best check, step {best.step}: greedy without -> with the privileged prompt: "
         f"{numbers}; ready needs a gain of {wanted.get('ready_gain')} at "
         f"{wanted.get('ready_checks')} checks in a row). RL on this warm start may learn nothing; "
         f"raise warmup.steps, or look at the task's injector with `rlsd check-teacher`.",
